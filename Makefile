@@ -1,0 +1,35 @@
+# The two commands of the README:  make demo  (install + run the demo pipeline)  and  make test.
+# Both create .venv when missing and reinstall only when pyproject.toml or constraints.txt change.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+STAMP := $(VENV)/.installed
+# DVC and Snakemake run `python -m pipeline.stages...`: make that the venv's python.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install demo test lock params clean-demo
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip==25.3
+	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	@touch $@
+
+demo: $(STAMP)
+	dvc repro
+	python -m pipeline.stages.summary
+
+test: $(STAMP)
+	python -m pytest -n 2 -q
+
+# Re-lock every transitive dependency after editing pyproject.toml's pins.
+lock: $(STAMP)
+	{ echo "# Lock file: every package of the environment, exact versions (Linux x86_64, Python 3.11)."; \
+	  echo "# Regenerate after changing pyproject.toml: make lock"; \
+	  $(VENV)/bin/python -m pip freeze --exclude-editable; } > constraints.txt.new && mv constraints.txt.new constraints.txt
+
+# params.yaml is the schema's defaults written out in full; regenerate after changing pipeline/config.py.
+params: $(STAMP)
+	python -m pipeline.config --params /dev/null --out params.yaml

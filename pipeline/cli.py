@@ -1,0 +1,48 @@
+"""What every stage CLI shares: `--params FILE`, repeated `--set section.key=value`, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from pipeline.errors import PipelineError
+
+
+def params_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", default="params.yaml", metavar="FILE",
+                        help="params file (default: params.yaml); presets/ holds the paper's recipes")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one param, value parsed as YAML (repeatable), e.g. --set train.lr=1e-4")
+    return parser
+
+
+def load_from_args(args: argparse.Namespace):
+    from pipeline.config import load_params
+
+    return load_params(args.params, args.overrides)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`i/n` with 0 <= i < n: this process handles items i, i+n, i+2n, ..."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text}: expected i/n, e.g. 0/4") from None
+    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"--shard {text}: need 0 <= i < n")
+    return index, count
+
+
+def run(body: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
+    """Parse arguments and run `body`; a PipelineError becomes `error: ...` on stderr and exit status 2."""
+    args = parser.parse_args(argv)
+    try:
+        body(args)
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: outputs written so far are complete; rerun to continue", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,313 @@
+"""The params schema: every section of params.yaml, its defaults (the demo recipe) and its bounds.
+
+`load_params(path, overrides)` = schema defaults <- the YAML file <- `--set section.key=value`
+overrides, validated as a whole. Any problem is a one-line `ParamsError` naming the key and the file.
+Presets in `presets/` are partial files read the same way, so they only state what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
+
+from pipeline.errors import PipelineError
+
+
+class ParamsError(PipelineError):
+    """A params file or override that does not fit the schema."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+Positive = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+SplitName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+class DemoData(Section):
+    """The synthetic mini-AudioSet (pipeline.demo)."""
+
+    seed: int = 0
+    n_train: PositiveInt = 600
+    n_val: PositiveInt = 100
+    n_eval: PositiveInt = 200
+    clip_seconds: Annotated[float, Field(ge=0.5, le=60)] = 3.0
+    min_events: PositiveInt = 1
+    max_events: PositiveInt = 3
+    snr_db: tuple[float, float] = (-10.0, 10.0)
+    drop_child: Probability = 0.3
+    drop_parent: Probability = 0.3
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        if self.max_events < self.min_events:
+            raise ValueError("max_events must be >= min_events")
+        if self.snr_db[1] < self.snr_db[0]:
+            raise ValueError("snr_db must be [low, high] with low <= high")
+        return self
+
+
+class FolderData(Section):
+    """The user's own labelled audio: a CSV `audio,labels[,split][,clip_id]` and a class list."""
+
+    csv: Optional[str] = None
+    classes: Optional[str] = None
+    ontology: Optional[str] = None
+    audio_root: Optional[str] = None  # where the CSV's relative audio paths start; default: the CSV's folder
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1  # used only when the CSV has no split column
+    eval_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    split_seed: int = 0
+
+
+class Data(Section):
+    dataset: Literal["demo", "audioset", "fsd50k", "folder"] = "demo"
+    root: str = "data"
+    splits: list[SplitName] = ["train", "val", "eval"]
+    sample_rate: Literal[16000] = 16000
+    on_bad: Literal["skip", "fail"] = "skip"
+    shards: PositiveInt = 1
+    demo: DemoData = DemoData()
+    folder: FolderData = FolderData()
+
+    @model_validator(mode="after")
+    def _folder_needs_files(self):
+        if self.dataset == "folder" and not (self.folder.csv and self.folder.classes):
+            raise ValueError("data.dataset=folder needs data.folder.csv and data.folder.classes")
+        if len(set(self.splits)) != len(self.splits):
+            raise ValueError("splits must be unique")
+        return self
+
+
+class Features(Section):
+    num_mel_bins: PositiveInt = 128
+    frame_shift_ms: Positive = 10.0
+    frame_length_ms: Positive = 25.0
+    target_length: PositiveInt = 300
+    norm: Literal["computed", "paper"] = "computed"
+    paper_mean: float = -4.6476
+    paper_std: Positive = 4.5699
+    shards: PositiveInt = 1
+
+
+class Sampling(Section):
+    balanced: StrictBool = True
+
+
+class Augment(Section):
+    freqm: Annotated[int, Field(ge=0)] = 48
+    timem: Annotated[int, Field(ge=0)] = 192
+    mixup: Probability = 0.5
+    mixup_alpha: Positive = 10.0
+    mixup_domain: Literal["power", "logmel"] = "power"
+
+
+EnhanceStat = Literal["none", "mean", "median", "25", "10", "5"]
+
+
+class Labels(Section):
+    enhance: EnhanceStat = "mean"
+    types: list[Literal["type1", "type2"]] = ["type1", "type2"]
+
+    @field_validator("enhance", mode="before")
+    @classmethod
+    def _percentile_as_text(cls, value):
+        # YAML reads `enhance: 25` as an integer; the statistic is a name.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _types_present(self):
+        if self.enhance != "none" and not self.types:
+            raise ValueError("types must name type1 and/or type2 when enhance is not none")
+        return self
+
+
+class Model(Section):
+    name: str = "tf_efficientnet_lite0"
+    pretrained: str = "none"  # imagenet | none | path to a local weights file
+    stem: Literal["adapt", "random"] = "random"
+    heads: Annotated[int, Field(ge=0, le=64)] = 4
+
+
+class Train(Section):
+    lr: Positive = 1e-3
+    batch_size: PositiveInt = 32
+    epochs: PositiveInt = 8
+    lr_decay_start: PositiveInt = 5
+    lr_decay: Annotated[float, Field(gt=0, le=1)] = 0.5
+    lr_decay_every: PositiveInt = 5
+    warmup_steps: Annotated[int, Field(ge=0)] = 100
+    weight_decay: Annotated[float, Field(ge=0)] = 5e-7
+    betas: tuple[Probability, Probability] = (0.95, 0.999)
+    seeds: Annotated[list[int], Field(min_length=1)] = [1, 2]
+    num_workers: Annotated[int, Field(ge=0)] = 2
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    devices: PositiveInt = 1
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: StrictBool = False
+    compile: StrictBool = False
+
+
+class Aggregate(Section):
+    wa_start: PositiveInt = 4
+    wa_end: PositiveInt = 8
+    bn_batches: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.wa_end < self.wa_start:
+            raise ValueError("wa_end must be >= wa_start")
+        return self
+
+
+class Evaluate(Section):
+    splits: list[SplitName] = ["eval", "val"]
+    extra_members: list[str] = []
+
+
+class Tracking(Section):
+    enabled: StrictBool = True
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "psla"
+
+
+class Params(Section):
+    data: Data = Data()
+    features: Features = Features()
+    sampling: Sampling = Sampling()
+    augment: Augment = Augment()
+    labels: Labels = Labels()
+    model: Model = Model()
+    train: Train = Train()
+    aggregate: Aggregate = Aggregate()
+    evaluate: Evaluate = Evaluate()
+    tracking: Tracking = Tracking()
+
+    @model_validator(mode="after")
+    def _cross_section(self):
+        if self.aggregate.wa_end > self.train.epochs:
+            raise ValueError(f"aggregate.wa_end ({self.aggregate.wa_end}) exceeds train.epochs ({self.train.epochs})")
+        return self
+
+    def digest(self) -> str:
+        """A short hash of the resolved params, recorded with every run."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+SECTIONS = tuple(Params.model_fields)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    if len(keys) < 2 or not all(keys):
+        raise ParamsError(f"{source}: '{dotted}' is not of the form section.key=value")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ParamsError(f"{source}: '{dotted}': '{key}' is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`section.key=value`, the value read as YAML (so `1e-3`, `[1, 2]`, `true` work)."""
+    if "=" not in text:
+        raise ParamsError(f"--set {text}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ParamsError(f"--set {text}: value is not valid YAML ({str(err).splitlines()[0]})") from None
+    return key.strip(), value
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}' (check the spelling; valid keys are in params.yaml)"
+    message = first["msg"].removeprefix("Value error, ")
+    shown = first.get("input")
+    got = "" if isinstance(shown, dict) or first["type"] == "missing" else f" (got {shown!r})"
+    return f"{source}: {key}: {message}{got}"
+
+
+def validate(tree: dict, source: str) -> Params:
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as err:
+        raise ParamsError(_format_validation_error(err, source)) from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found (pass --params FILE, or copy a preset from presets/)") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}: not valid YAML{where}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections (data, features, ...) at the top level")
+    return tree
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    tree = read_yaml(path)
+    overrides = overrides or []
+    source = f"{path} (with --set {' '.join(overrides)})" if overrides else str(path)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value, source)
+    return validate(tree, source)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style for sections, flow style for short lists (`betas: [0.95, 0.999]`)."""
+
+
+_Dumper.add_representer(list, lambda dumper, data: dumper.represent_sequence(
+    "tag:yaml.org,2002:seq", data, flow_style=True))
+
+
+def to_yaml(params: Params) -> str:
+    return yaml.dump(params.model_dump(mode="json"), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m pipeline.config --params presets/X.yaml` prints the fully resolved params (e.g. > params.yaml)."""
+    from pipeline.cli import params_parser, run
+
+    parser = params_parser("Print the resolved, validated params as YAML.")
+    parser.add_argument("--out", help="write to this file instead of stdout")
+
+    def body(args):
+        from pipeline.cli import load_from_args
+        from pipeline.io import atomic_write_text
+
+        text = to_yaml(load_from_args(args))
+        if args.out:
+            atomic_write_text(args.out, text)
+        else:
+            print(text, end="")
+
+    run(body, parser, argv)
+
+
+if __name__ == "__main__":
+    main()

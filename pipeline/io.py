@@ -1,0 +1,54 @@
+"""Atomic file output: write to a hidden temporary beside the target, then rename over it.
+
+A reader never sees a half-written file, and an interrupted writer leaves only `.tmp-*` files,
+which `remove_stale_temporaries` clears on the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+TMP_MARK = ".tmp-"
+
+
+def temporary_path(path: str | Path) -> Path:
+    path = Path(path)
+    # Keep the suffix last so writers that infer the format from the name (soundfile, h5py) still work.
+    return path.with_name(f".{path.stem}{TMP_MARK}{os.getpid()}{path.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces `path`, on failure it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_json(path: str | Path, payload) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete temporaries left by an interrupted run; returns how many were removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    stale = [p for p in folder.iterdir() if p.name.startswith(".") and TMP_MARK in p.name]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)

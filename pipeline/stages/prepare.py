@@ -1,0 +1,57 @@
+"""Prepare one split: audio -> 16 kHz mono FLAC clips, the manifest <split>.csv and a JSON report.
+
+    python -m pipeline.stages.prepare --split train --classes data/classes.csv \
+        --audio-dir data/audio/train --manifest data/manifests/train.csv --report data/reports/prepare_train.json
+    ... --shard 0/4     one shard of four (writes train.shard-0-of-4.csv and its report)
+    ... --merge 4       stitch the four shard manifests and reports into train.csv and its report
+"""
+
+from pathlib import Path
+
+from pipeline.classes import read_classes
+from pipeline.cli import load_from_args, params_parser, parse_shard, run
+from pipeline.datasets import list_split
+from pipeline.prepare import merge_shards, prepare_split, shard_path, write_outputs
+from pipeline.tracking import stage_run
+
+
+def main(argv=None):
+    parser = params_parser(__doc__.splitlines()[0])
+    parser.add_argument("--split", required=True, help="split name, one of data.splits")
+    parser.add_argument("--classes", required=True, help="class list written by the metadata stage")
+    parser.add_argument("--audio-dir", help="where the FLAC clips go (default: <data.root>/audio/<split>)")
+    parser.add_argument("--manifest", help="output manifest (default: <data.root>/manifests/<split>.csv)")
+    parser.add_argument("--report", help="output report (default: <data.root>/reports/prepare_<split>.json)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--shard", type=parse_shard, metavar="I/N", help="process only shard I of N (0 <= I < N)")
+    mode.add_argument("--merge", type=int, metavar="N", help="merge the outputs of N shards instead of processing")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def body(args):
+        params = load_from_args(args)
+        root = Path(params.data.root)
+        manifest_path = Path(args.manifest or root / "manifests" / f"{args.split}.csv")
+        report_path = Path(args.report or root / "reports" / f"prepare_{args.split}.json")
+        if args.merge:
+            manifest, report = merge_shards(manifest_path, report_path, args.merge)
+        else:
+            listing = list_split(params, args.split, read_classes(args.classes))
+            manifest, report = prepare_split(
+                listing, dataset=params.data.dataset, audio_dir=args.audio_dir or root / "audio" / args.split,
+                root=root, on_bad=params.data.on_bad, shard=args.shard or (0, 1), progress=not args.no_progress)
+            if args.shard:
+                manifest_path, report_path = shard_path(manifest_path, args.shard), shard_path(report_path, args.shard)
+        write_outputs(manifest, report, manifest_path, report_path)
+        with stage_run(params, "prepare", {"split": args.split, "shard": report.shard}) as run_:
+            run_.log_metrics({"requested": report.requested, "written": report.written,
+                              "skipped": report.skipped, "seconds": report.seconds})
+            run_.log_artifact(report_path)
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(report.skipped_by_reason.items())) or "none"
+        print(f"{args.split} [{report.shard}]: requested {report.requested}, written {report.written} "
+              f"(reused {report.reused}), skipped {report.skipped} ({reasons}) -> {manifest_path}")
+
+    run(body, parser, argv)
+
+
+if __name__ == "__main__":
+    main()
