@@ -218,15 +218,16 @@ def _set_dotted(tree: dict, dotted: str, value: Any, source: str) -> None:
     node[keys[-1]] = value
 
 
-def parse_override(text: str) -> tuple[str, Any]:
+def parse_override(text: str, source: str = "") -> tuple[str, Any]:
     """`section.key=value`, the value read as YAML (so `1e-3`, `[1, 2]`, `true` work)."""
+    where = f"{source}: --set {text}" if source else f"--set {text}"
     if "=" not in text:
-        raise ParamsError(f"--set {text}: expected section.key=value")
+        raise ParamsError(f"{where}: expected section.key=value")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
-        raise ParamsError(f"--set {text}: value is not valid YAML ({str(err).splitlines()[0]})") from None
+        raise ParamsError(f"{where}: value is not valid YAML ({str(err).splitlines()[0]})") from None
     return key.strip(), value
 
 
@@ -272,7 +273,7 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
     overrides = overrides or []
     source = f"{path} (with --set {' '.join(overrides)})" if overrides else str(path)
     for text in overrides:
-        key, value = parse_override(text)
+        key, value = parse_override(text, str(path))
         _set_dotted(tree, key, value, source)
     return validate(tree, source)
 
