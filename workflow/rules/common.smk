@@ -1,0 +1,18 @@
+# Helpers shared by the rules. The stage CLIs read a params file, so the merged Snakemake config
+# (params.yaml plus any --configfile/--config) is written once and passed to every command.
+
+import yaml
+from pathlib import Path
+
+ROOT = config["data"]["root"]
+SPLITS = config["data"]["splits"]
+PARAMS = ".snakemake/psla-params.yaml"
+
+Path(PARAMS).parent.mkdir(exist_ok=True)
+_resolved = yaml.safe_dump(config, sort_keys=False)
+if not Path(PARAMS).is_file() or Path(PARAMS).read_text() != _resolved:
+    Path(PARAMS).write_text(_resolved)
+
+
+def all_outputs():
+    return expand(f"{ROOT}/manifests/{{split}}.csv", split=SPLITS)
