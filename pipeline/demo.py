@@ -15,8 +15,8 @@ Classes and their sounds (``*`` = parent in the demo ontology):
   ``Civil defense siren`` (slow rise/fall sweep over the same band); ``Alarm`` ->
   ``Buzzer`` (steady square-ish tone), ``Smoke detector, smoke alarm`` (high beeps in
   groups of three)
-* ``Reversing beeps``: regular beeps at the smoke detector's pitch distribution and duty
-  cycle.
+* ``Reversing beeps``: regular beeps at the smoke detector's pitch distribution and a
+  similar duty cycle.
 * ``Noise``* (brown noise) -> ``White noise``, ``Pink noise``
 * ``Clock``* (no sound of its own) -> ``Tick`` (regular clicks), ``Tick-tock`` (clicks in
   uneven long/short pairs, same click spectrum and rate)
@@ -24,6 +24,14 @@ Classes and their sounds (``*`` = parent in the demo ontology):
 Several classes differ only in time structure (up- vs down-chirp, steady vs pulsed tone,
 beep rhythms, click rhythms, fast vs slow siren sweep), so a classifier on the
 time-averaged spectrum cannot separate them while one that sees time structure can.
+
+Clips: ``cfg.min_events``..``cfg.max_events`` events (uniform count), each lasting 50-100 %
+of the clip at a uniform random onset, so events overlap; every event draws its own small
+jitter (pitch, band, sweep/beep/click rate, phase, noise colour) from its seed. The first
+event of clip ``i`` cycles through a per-split permutation of the sounding classes (so
+every class is in every split of at least 14 clips), the others are drawn uniformly
+without repetition, and at most one of the three noises shares a clip (a stationary noise
+under a louder noise of another colour is unrecoverable).
 
 Labels: an event of class ``c`` makes ``c`` and all its demo ancestors true
 (``ClipSpec.true_labels``). On the train split only, the observed labels
@@ -39,6 +47,10 @@ relative to the same reference, so each event's SNR against the background is
 ``g - BACKGROUND_DB`` and overlapping events differ in level by up to the width of the
 ``snr_db`` range. A clip whose peak exceeds ``PEAK`` is scaled down to ``PEAK``.
 
+``cfg`` is the ``data.demo`` params section (attributes or a mapping): ``seed``,
+``n_train``, ``n_val``, ``n_eval``, ``clip_seconds``, ``min_events``, ``max_events``,
+``snr_db`` ([low, high] dB), ``drop_child``, ``drop_parent``.
+
 Determinism: ``clip_specs`` draws clip ``i`` of a split from its own seed sequence
 ``(cfg.seed, split, i)``, so a larger split extends a smaller one; ``synthesize`` depends
 only on the spec and ``cfg`` (every event carries its own seed), so shards of a split can
@@ -47,6 +59,7 @@ be synthesised in separate processes in any order.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,7 +169,8 @@ def ontology() -> list[dict]:
 
 
 def _get(cfg, key):
-    return getattr(cfg, key)
+    """``cfg.key``; ``cfg`` may also be a mapping (the ``data.demo`` params section)."""
+    return cfg[key] if isinstance(cfg, Mapping) else getattr(cfg, key)
 
 
 def _n_for_split(cfg, split: str) -> int:
@@ -193,6 +207,10 @@ def clip_specs(cfg, split: str) -> list[ClipSpec]:
     code = _SPLIT_CODE[split]
     clip_s = float(_get(cfg, "clip_seconds"))
     lo_ev, hi_ev = int(_get(cfg, "min_events")), int(_get(cfg, "max_events"))
+    if lo_ev < 1:
+        raise ValueError(f"data.demo.min_events must be >= 1, got {lo_ev}")
+    if hi_ev < lo_ev:
+        raise ValueError(f"data.demo.max_events ({hi_ev}) must be >= min_events ({lo_ev})")
     g_lo, g_hi = (float(v) for v in _get(cfg, "snr_db"))
     drop_child, drop_parent = float(_get(cfg, "drop_child")), float(_get(cfg, "drop_parent"))
     n_sound = len(_SOUNDING)
@@ -287,18 +305,18 @@ def _coloured_noise(rng, n, exponent, sr):
     return np.fft.irfft(spec, n)
 
 
-def _clicks(rng, n, times, sr, fc, tau, amps=None):
+def _clicks(n, times, sr, fc, tau):
     """Damped-sinusoid clicks at ``times`` (s), resonance ``fc``, decay ``tau`` (s)."""
     L = int(8 * tau * sr)
     k = np.arange(L) / sr
     click = np.exp(-k / tau) * np.sin(2 * np.pi * fc * k)
     out = np.zeros(n)
-    for j, s in enumerate(times):
+    for s in times:
         a = int(round(s * sr))
         if a >= n:
             break
         m = min(L, n - a)
-        out[a : a + m] += (1.0 if amps is None else amps[j]) * click[:m]
+        out[a : a + m] += click[:m]
     return out
 
 
@@ -374,15 +392,13 @@ def _event_signal(kind: str, n: int, rng: np.random.Generator, sr: int = SAMPLE_
         if kind == "tick":
             period = rng.uniform(0.2, 0.3)
             times = np.arange(rng.uniform(0, period), t[-1], period)
-            amps = None
         else:
             pair = rng.uniform(0.4, 0.6)
             r = rng.uniform(0.25, 0.33)
             first = np.arange(rng.uniform(0, pair), t[-1], pair)
             times = np.sort(np.concatenate([first, first + r * pair]))
-            amps = None
         times = times + rng.normal(0.0, 0.002, size=len(times))
-        return _clicks(rng, n, np.clip(times, 0.0, None), sr, fc, tau, amps)
+        return _clicks(n, np.clip(times, 0.0, None), sr, fc, tau)
     raise ValueError(f"unknown demo sound kind {kind!r}")
 
 
