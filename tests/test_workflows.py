@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import pytest
 import yaml
 
@@ -47,7 +48,9 @@ def test_dvc_repro_then_nothing_to_do_and_snakemake_agrees(tmp_path):
     assert [len(m) for m in manifests.values()] == [24, 8, 8]
     assert all((project / "data" / e.audio).is_file() for m in manifests.values() for e in m)
     dvc_lock = yaml.safe_load((project / "dvc.lock").read_text())
-    assert set(dvc_lock["stages"]) == {"metadata", "prepare@train", "prepare@val", "prepare@eval"}
+    splits = ("train", "val", "eval")
+    assert set(dvc_lock["stages"]) == {"metadata", "stats", *(f"{stage}@{s}" for stage in ("prepare", "features")
+                                                               for s in splits)}
 
     again = _run([str(BIN / "dvc"), "repro"], project)
     assert "Running stage" not in again and "up to date" in again
@@ -57,4 +60,8 @@ def test_dvc_repro_then_nothing_to_do_and_snakemake_agrees(tmp_path):
     _run([str(BIN / "snakemake"), "--cores", "2"], project)
     for split, manifest in manifests.items():
         assert read_manifest(project / "data/manifests" / f"{split}.csv") == manifest
-    assert (project / "logs/prepare_train.log").is_file()
+        with h5py.File(project / "data/features" / f"{split}.h5") as a, h5py.File(tmp_path / f"dvc-data/features/{split}.h5") as b:
+            for name in ("fbank", "labels", "clip_id", "n_frames"):
+                assert (a[name][:] == b[name][:]).all()
+    assert (project / "data/features/stats.json").read_text() == (tmp_path / "dvc-data/features/stats.json").read_text()
+    assert (project / "logs/prepare_train.log").is_file() and (project / "logs/stats.log").is_file()

@@ -15,4 +15,7 @@ if not Path(PARAMS).is_file() or Path(PARAMS).read_text() != _resolved:
 
 
 def all_outputs():
-    return expand(f"{ROOT}/manifests/{{split}}.csv", split=SPLITS)
+    return [
+        *expand(f"{ROOT}/features/{{split}}.h5", split=SPLITS),
+        f"{ROOT}/features/stats.json",
+    ]

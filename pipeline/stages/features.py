@@ -1,0 +1,67 @@
+"""Compute the Kaldi fbank of every clip of a manifest into one HDF5 file (or one shard of it).
+
+    python -m pipeline.stages.features --manifest data/manifests/train.csv --classes data/classes.csv \
+        --out data/features/train.h5 --report data/reports/features_train.json
+    ... --shard 0/4   writes train.shard-0-of-4.h5 (and its report)
+    ... --merge 4     stitches the four shard files into train.h5 through HDF5 virtual datasets
+"""
+
+import json
+from pathlib import Path
+
+from pipeline.classes import read_classes
+from pipeline.cli import load_from_args, params_parser, parse_shard, run
+from pipeline.features import FeatureReport, extract_features, merge_shards
+from pipeline.io import atomic_write_json
+from pipeline.manifest import read_manifest
+from pipeline.prepare import shard_path
+from pipeline.tracking import stage_run
+
+
+def main(argv=None):
+    parser = params_parser(__doc__.splitlines()[0])
+    parser.add_argument("--manifest", required=True, help="the split's manifest (from the prepare stage)")
+    parser.add_argument("--classes", required=True, help="class list (index,mid,display_name)")
+    parser.add_argument("--out", required=True, help="output HDF5 file, e.g. data/features/train.h5")
+    parser.add_argument("--report", required=True, help="output JSON report (requested/written/skipped)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--shard", type=parse_shard, metavar="I/N", help="process only shard I of N (0 <= I < N)")
+    mode.add_argument("--merge", type=int, metavar="N", help="stitch the N shard files into --out")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def body(args):
+        params = load_from_args(args)
+        split = Path(args.manifest).stem
+        out, report_path = Path(args.out), Path(args.report)
+        if args.merge:
+            shards = [(i, args.merge) for i in range(args.merge)]
+            clips = merge_shards([shard_path(out, s) for s in shards], out)
+            parts = [json.loads(shard_path(report_path, s).read_text()) for s in shards]
+            report = FeatureReport(split, f"merged {args.merge}")
+            for part in parts:
+                for key in ("requested", "written", "skipped", "seconds"):
+                    setattr(report, key, getattr(report, key) + part[key])
+                report.skips += part["skips"]
+                for reason, count in part["skipped_by_reason"].items():
+                    report.skipped_by_reason[reason] = report.skipped_by_reason.get(reason, 0) + count
+            assert clips == report.written
+        else:
+            if args.shard:
+                out, report_path = shard_path(out, args.shard), shard_path(report_path, args.shard)
+            report = extract_features(
+                read_manifest(args.manifest), split=split, data_root=params.data.root, out=out,
+                cfg=params.features, classes=read_classes(args.classes), on_bad=params.data.on_bad,
+                shard=args.shard or (0, 1), progress=not args.no_progress)
+        atomic_write_json(report_path, report.__dict__)
+        with stage_run(params, "features", {"split": split, "shard": report.shard}) as run_:
+            run_.log_metrics({"requested": report.requested, "written": report.written, "skipped": report.skipped,
+                              "seconds": report.seconds,
+                              "clips_per_second": report.written / report.seconds if report.seconds else 0.0})
+        print(f"features {split} [{report.shard}]: requested {report.requested}, written {report.written}, "
+              f"skipped {report.skipped} -> {out}")
+
+    run(body, parser, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio.compliance.kaldi as kaldi
+
+from pipeline.classes import ClassList
+from pipeline.config import Features
+from pipeline.errors import PipelineError
+from pipeline.features import extract_features, merge_shards, normalisation_stats
+from pipeline.manifest import Entry, write_manifest
+from pipeline.prepare import shard_path
+from tests.conftest import run_module, tone
+
+CLASSES = ClassList(("/m/a", "/m/b", "/m/c"), ("A", "B", "C"))
+CFG = Features(target_length=400)
+
+
+def _clip(root, name, seconds, seed=0):
+    rng = np.random.default_rng(seed)
+    wave = (tone(seconds, 16000, freq=300 + 100 * seed) + rng.normal(0, 0.05, int(round(seconds * 16000)))).astype(np.float32)
+    sf.write(str(root / "audio" / f"{name}.flac"), np.clip(wave, -1, 1), 16000, subtype="PCM_16")
+    return Entry(name, f"audio/{name}.flac", ("/m/a", "/m/c") if seed % 2 else ("/m/b",))
+
+
+@pytest.fixture
+def clips(tmp_path):
+    (tmp_path / "audio").mkdir()
+    return [_clip(tmp_path, f"c{i}", s, seed=i) for i, s in enumerate([3.0, 30.0, 1.0, 2.5, 4.0, 0.5, 3.3])]
+
+
+def _reference_fbank(path):
+    wave, _ = sf.read(str(path), dtype="float32")
+    w = torch.from_numpy(wave)[None]
+    return kaldi.fbank(w - w.mean(), htk_compat=True, sample_frequency=16000, use_energy=False,
+                       window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=10).numpy()
+
+
+def test_stored_fbank_is_kaldi_fbank_within_float16_rounding(tmp_path, clips):
+    out = tmp_path / "f.h5"
+    report = extract_features(clips, split="t", data_root=tmp_path, out=out, cfg=CFG, classes=CLASSES,
+                              on_bad="fail", progress=False)
+    assert (report.requested, report.written, report.skipped) == (7, 7, 0)
+    with h5py.File(out, "r") as f:
+        assert f["fbank"].shape == (7, 400, 128) and f["fbank"].dtype == np.float16
+        assert f["fbank"].chunks == (1, 400, 128)
+        assert f["labels"].dtype == np.uint8 and f["labels"].shape == (7, 3)
+        assert [c.decode() for c in f["clip_id"][:]] == [c.clip_id for c in clips]
+        assert json.loads(f.attrs["class_ids"]) == list(CLASSES.mids) and f.attrs["sample_rate"] == 16000
+        assert json.loads(f.attrs["fbank_options"])["window_type"] == "hanning"
+        for row, entry in enumerate(clips):
+            ref = _reference_fbank(tmp_path / entry.audio)
+            stored = f["fbank"][row].astype(np.float32)
+            kept = min(len(ref), 400)
+            assert f["n_frames"][row] == kept
+            np.testing.assert_allclose(stored[:kept], ref[:kept], rtol=2**-10, atol=1e-3)  # float16 rounding
+            assert (stored[kept:] == 0).all()  # zero padding, as the paper pads
+        assert f["n_frames"][0] == 298  # 3 s at a 10 ms shift with 25 ms frames
+        assert f["n_frames"][1] == 400  # 30 s is cut to target_length
+        assert list(f["labels"][1]) == [1, 0, 1]
+
+
+def test_audio_shorter_than_a_frame_is_skipped_or_fails_by_policy(tmp_path, clips):
+    sf.write(str(tmp_path / "audio" / "blip.flac"), np.zeros(200, np.float32), 16000)
+    entries = clips[:2] + [Entry("blip", "audio/blip.flac", ("/m/a",)), Entry("gone", "audio/gone.flac", ("/m/a",))]
+    report = extract_features(entries, split="t", data_root=tmp_path, out=tmp_path / "f.h5", cfg=CFG,
+                              classes=CLASSES, on_bad="skip", progress=False)
+    assert (report.requested, report.written, report.skipped) == (4, 2, 2)
+    assert report.skipped_by_reason == {"too_short": 1, "unreadable": 1}
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        assert f["fbank"].shape[0] == 2 and [c.decode() for c in f["clip_id"][:]] == ["c0", "c1"]
+    with pytest.raises(PipelineError, match=r"blip.flac: .*shorter than one 25 ms frame \[too_short\]"):
+        extract_features(entries, split="t", data_root=tmp_path, out=tmp_path / "g.h5", cfg=CFG,
+                         classes=CLASSES, on_bad="fail", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audio", "f.h5"]  # no partial output, no temporary
+
+
+def test_shards_merge_into_virtual_datasets_identical_to_one_file(tmp_path, clips):
+    whole = tmp_path / "whole.h5"
+    extract_features(clips, split="t", data_root=tmp_path, out=whole, cfg=CFG, classes=CLASSES, on_bad="fail",
+                     progress=False)
+    out = tmp_path / "parts" / "t.h5"
+    for i in range(3):
+        extract_features(clips, split="t", data_root=tmp_path, out=shard_path(out, (i, 3)), cfg=CFG,
+                         classes=CLASSES, on_bad="fail", shard=(i, 3), progress=False)
+    assert merge_shards([shard_path(out, (i, 3)) for i in range(3)], out) == 7
+    assert out.stat().st_size < 50_000  # virtual: nothing copied
+    os.chdir(tmp_path / "audio")  # relative sources resolve against the merged file's folder
+    with h5py.File(whole, "r") as a, h5py.File(out, "r") as b:
+        assert b["fbank"].is_virtual
+        for name in ("fbank", "n_frames", "clip_id", "labels"):
+            np.testing.assert_array_equal(a[name][:], b[name][:])
+        assert dict(a.attrs) == dict(b.attrs)
+    with pytest.raises(PipelineError, match="shard file missing"):
+        merge_shards([shard_path(out, (i, 4)) for i in range(4)], tmp_path / "x.h5")
+
+
+def test_normalisation_stats_use_real_frames_only(tmp_path, clips):
+    out = tmp_path / "f.h5"
+    extract_features(clips, split="t", data_root=tmp_path, out=out, cfg=CFG, classes=CLASSES, on_bad="fail",
+                     progress=False)
+    values = []
+    with h5py.File(out, "r") as f:
+        for row in range(7):
+            values.append(f["fbank"][row][: f["n_frames"][row]].astype(np.float64).ravel())
+    values = np.concatenate(values)
+    stats = normalisation_stats(out, chunk=3)
+    assert stats["values"] == values.size
+    assert stats["mean"] == pytest.approx(values.mean(), rel=1e-9)
+    assert stats["std"] == pytest.approx(values.std(), rel=1e-9)
+
+
+def test_features_and_stats_stages_through_their_clis(tmp_path, clips):
+    data = tmp_path / "data"
+    (data / "audio").mkdir(parents=True)
+    for e in clips[:3]:
+        os.replace(tmp_path / e.audio, data / e.audio)
+    write_manifest(data / "train.csv", clips[:3])
+    (data / "classes.csv").write_text('index,mid,display_name\n0,/m/a,"A"\n1,/m/b,"B"\n2,/m/c,"C"\n')
+    common = ["--set", f"data.root={data}", "--set", "tracking.enabled=false", "--set", "features.target_length=200"]
+    (tmp_path / "params.yaml").write_text("{}\n")
+    for i in range(2):
+        run_module("pipeline.stages.features", "--manifest", str(data / "train.csv"), "--classes", str(data / "classes.csv"),
+                   "--out", str(data / "train.h5"), "--report", str(data / "r.json"), "--shard", f"{i}/2", *common,
+                   cwd=tmp_path)
+    out = run_module("pipeline.stages.features", "--manifest", str(data / "train.csv"), "--classes",
+                     str(data / "classes.csv"), "--out", str(data / "train.h5"), "--report", str(data / "r.json"),
+                     "--merge", "2", *common, cwd=tmp_path).stdout
+    assert "requested 3, written 3, skipped 0" in out
+    assert json.loads((data / "r.json").read_text())["written"] == 3
+    run_module("pipeline.stages.stats", "--features", str(data / "train.h5"), "--out", str(data / "s.json"), *common,
+               cwd=tmp_path)
+    computed = json.loads((data / "s.json").read_text())
+    assert computed["source"] == "computed" and computed["std"] > 0
+    run_module("pipeline.stages.stats", "--features", str(data / "train.h5"), "--out", str(data / "p.json"), *common,
+               "--set", "features.norm=paper", cwd=tmp_path)
+    assert json.loads((data / "p.json").read_text()) == {"mean": -4.6476, "std": 4.5699, "source": "paper"}

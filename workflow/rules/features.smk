@@ -1,0 +1,33 @@
+rule features:
+    input:
+        manifest=f"{ROOT}/manifests/{{split}}.csv",
+        audio=f"{ROOT}/audio/{{split}}",
+        classes=rules.metadata.output.classes,
+    output:
+        h5=f"{ROOT}/features/{{split}}.h5",
+        report=f"{ROOT}/reports/features_{{split}}.json",
+    log:
+        "logs/features_{split}.log",
+    wildcard_constraints:
+        split="|".join(SPLITS),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    shell:
+        "python -m pipeline.stages.features --params {PARAMS} --manifest {input.manifest} --classes {input.classes}"
+        " --out {output.h5} --report {output.report} --no-progress > {log} 2>&1"
+
+
+rule stats:
+    input:
+        h5=f"{ROOT}/features/train.h5",
+    output:
+        stats=f"{ROOT}/features/stats.json",
+    log:
+        "logs/stats.log",
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    shell:
+        "python -m pipeline.stages.stats --params {PARAMS} --features {input.h5} --out {output.stats} > {log} 2>&1"
