@@ -7,6 +7,7 @@ configfile: "params.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/features.smk"
+include: "workflow/rules/weights.smk"
 
 
 rule all:

@@ -18,4 +18,5 @@ def all_outputs():
     return [
         *expand(f"{ROOT}/features/{{split}}.h5", split=SPLITS),
         f"{ROOT}/features/stats.json",
+        f"{ROOT}/weights/train.csv",
     ]
