@@ -43,8 +43,13 @@ def write_dataset(root: Path, n: int, audio: list[str], seed: int = 0) -> Path:
 
 
 def peak_rss_mb(code: str) -> tuple[float, dict]:
-    """Run `code` in a fresh interpreter; returns its peak RSS in MB and the JSON it printed last."""
-    wrapper = code + "\nimport resource, json\nprint(json.dumps({'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, **RESULT}))"
+    """Run `code` in a fresh interpreter; returns its peak RSS in MB and the JSON it printed last.
+
+    The peak is VmHWM of the new address space: getrusage's ru_maxrss would also count the
+    parent's RSS at fork time, which survives exec on Linux.
+    """
+    wrapper = code + ("\nimport json, re\nhwm = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1])"
+                      "\nprint(json.dumps({'rss': hwm, **RESULT}))")
     out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}).stdout
     result = json.loads(out.strip().splitlines()[-1])
