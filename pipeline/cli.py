@@ -24,17 +24,6 @@ def load_from_args(args: argparse.Namespace):
     return load_params(args.params, args.overrides)
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """`i/n` with 0 <= i < n: this process handles items i, i+n, i+2n, ..."""
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard {text}: expected i/n, e.g. 0/4") from None
-    if count < 1 or not 0 <= index < count:
-        raise argparse.ArgumentTypeError(f"--shard {text}: need 0 <= i < n")
-    return index, count
-
-
 def run(body: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
     """Parse arguments and run `body`; a PipelineError becomes `error: ...` on stderr and exit status 2."""
     args = parser.parse_args(argv)

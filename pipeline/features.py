@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -28,7 +27,8 @@ from pipeline.config import Features
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_path
 from pipeline.manifest import Entry
-from pipeline.prepare import shard_slice
+from pipeline.report import StageReport
+from pipeline.shards import shard_slice
 
 DATASETS = ("fbank", "n_frames", "clip_id", "labels")
 # The paper's fbank: fixed options (DESIGN.md); frame geometry and mel bins come from params.
@@ -53,23 +53,6 @@ def compute_fbank(wave: np.ndarray, cfg: Features) -> tuple[np.ndarray, int]:
     return out, kept
 
 
-@dataclass
-class FeatureReport:
-    split: str
-    shard: str
-    requested: int = 0
-    written: int = 0
-    skipped: int = 0
-    skipped_by_reason: dict = field(default_factory=dict)
-    skips: list = field(default_factory=list)
-    seconds: float = 0.0
-
-    def add_skip(self, clip_id: str, reason: str, detail: str) -> None:
-        self.skipped += 1
-        self.skipped_by_reason[reason] = self.skipped_by_reason.get(reason, 0) + 1
-        self.skips.append({"clip_id": clip_id, "reason": reason, "detail": detail})
-
-
 def _create(handle: h5py.File, n: int, cfg: Features, classes: ClassList) -> None:
     t, f = cfg.target_length, cfg.num_mel_bins
     handle.create_dataset("fbank", shape=(n, t, f), maxshape=(None, t, f), dtype="float16", chunks=(1, t, f))
@@ -86,11 +69,11 @@ def _create(handle: h5py.File, n: int, cfg: Features, classes: ClassList) -> Non
 
 def extract_features(entries: list[Entry], *, split: str, data_root: str | Path, out: str | Path, cfg: Features,
                      classes: ClassList, on_bad: str, shard: tuple[int, int] = (0, 1),
-                     progress: bool = True) -> FeatureReport:
+                     progress: bool = True) -> StageReport:
     """Manifest entries (this shard's block) -> one HDF5 file, written atomically."""
     started = time.monotonic()
     block = entries[shard_slice(len(entries), shard)]
-    report = FeatureReport(split, f"{shard[0]}/{shard[1]}", requested=len(block))
+    report = StageReport(split, shard=f"{shard[0]}/{shard[1]}", requested=len(block))
     column = classes.index_of()
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as handle:
         _create(handle, len(block), cfg, classes)
@@ -113,7 +96,7 @@ def extract_features(entries: list[Entry], *, split: str, data_root: str | Path,
                 detail = f"{path}: {problem.detail}" if str(path) not in problem.detail else problem.detail
                 if on_bad == "fail":
                     raise PipelineError(f"{detail} [{problem.reason}] (fix it, or set data.on_bad=skip)") from None
-                report.add_skip(entry.clip_id, problem.reason, detail)
+                report.add_skip(entry.clip_id, str(path), problem.reason, detail)
                 continue
             row = report.written
             handle["fbank"][row] = fbank.astype(np.float16)
@@ -127,7 +110,7 @@ def extract_features(entries: list[Entry], *, split: str, data_root: str | Path,
         for name in DATASETS:
             handle[name].resize(report.written, axis=0)
     report.seconds = round(time.monotonic() - started, 3)
-    return report
+    return report.check()
 
 
 def merge_shards(paths: list[Path], out: str | Path) -> int:

@@ -9,7 +9,7 @@ STAGES = sorted(m.name for m in pkgutil.iter_modules(pipeline.stages.__path__))
 
 
 def test_the_stages_present():
-    assert {"metadata", "prepare", "summary"} <= set(STAGES)
+    assert {"metadata", "prepare", "features", "stats", "weights", "summary"} <= set(STAGES)
 
 
 @pytest.mark.parametrize("stage", STAGES + ["config"])
@@ -24,7 +24,10 @@ def test_every_stage_applies_set_overrides_before_anything_else(tmp_path, stage)
     # A bad override must be caught by the stage's own params loading, before any work.
     module = "pipeline.config" if stage == "config" else f"pipeline.stages.{stage}"
     required = {"metadata": ["--classes", "c.csv", "--ontology", "o.json"],
-                "prepare": ["--split", "train", "--classes", "c.csv"]}.get(stage, [])
+                "prepare": ["--split", "train", "--classes", "c.csv"],
+                "features": ["--manifest", "m.csv", "--classes", "c.csv", "--out", "c.csv", "--report", "r.json"],
+                "stats": ["--features", "f.h5", "--out", "c.csv"],
+                "weights": ["--manifest", "m.csv", "--classes", "k.csv", "--out", "c.csv"]}.get(stage, [])
     (tmp_path / "params.yaml").write_text("{}\n")
     proc = run_module(module, *required, "--set", "train.lr=-1", cwd=tmp_path, check=False)
     assert proc.returncode == 2

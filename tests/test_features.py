@@ -13,7 +13,7 @@ from pipeline.config import Features
 from pipeline.errors import PipelineError
 from pipeline.features import extract_features, merge_shards, normalisation_stats
 from pipeline.manifest import Entry, write_manifest
-from pipeline.prepare import shard_path
+from pipeline.shards import shard_path
 from tests.conftest import run_module, tone
 
 CLASSES = ClassList(("/m/a", "/m/b", "/m/c"), ("A", "B", "C"))

@@ -6,15 +6,14 @@
     ... --merge 4     stitches the four shard files into train.h5 through HDF5 virtual datasets
 """
 
-import json
 from pathlib import Path
 
 from pipeline.classes import read_classes
-from pipeline.cli import load_from_args, params_parser, parse_shard, run
-from pipeline.features import FeatureReport, extract_features, merge_shards
-from pipeline.io import atomic_write_json
+from pipeline.cli import load_from_args, params_parser, run
+from pipeline.features import extract_features, merge_shards
 from pipeline.manifest import read_manifest
-from pipeline.prepare import shard_path
+from pipeline.report import StageReport
+from pipeline.shards import add_shard_arguments, shard_path
 from pipeline.tracking import stage_run
 
 
@@ -24,9 +23,7 @@ def main(argv=None):
     parser.add_argument("--classes", required=True, help="class list (index,mid,display_name)")
     parser.add_argument("--out", required=True, help="output HDF5 file, e.g. data/features/train.h5")
     parser.add_argument("--report", required=True, help="output JSON report (requested/written/skipped)")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--shard", type=parse_shard, metavar="I/N", help="process only shard I of N (0 <= I < N)")
-    mode.add_argument("--merge", type=int, metavar="N", help="stitch the N shard files into --out")
+    add_shard_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def body(args):
@@ -36,14 +33,7 @@ def main(argv=None):
         if args.merge:
             shards = [(i, args.merge) for i in range(args.merge)]
             clips = merge_shards([shard_path(out, s) for s in shards], out)
-            parts = [json.loads(shard_path(report_path, s).read_text()) for s in shards]
-            report = FeatureReport(split, f"merged {args.merge}")
-            for part in parts:
-                for key in ("requested", "written", "skipped", "seconds"):
-                    setattr(report, key, getattr(report, key) + part[key])
-                report.skips += part["skips"]
-                for reason, count in part["skipped_by_reason"].items():
-                    report.skipped_by_reason[reason] = report.skipped_by_reason.get(reason, 0) + count
+            report = StageReport.merged([StageReport.read(shard_path(report_path, s)) for s in shards])
             assert clips == report.written
         else:
             if args.shard:
@@ -52,7 +42,7 @@ def main(argv=None):
                 read_manifest(args.manifest), split=split, data_root=params.data.root, out=out,
                 cfg=params.features, classes=read_classes(args.classes), on_bad=params.data.on_bad,
                 shard=args.shard or (0, 1), progress=not args.no_progress)
-        atomic_write_json(report_path, report.__dict__)
+        report.write(report_path)
         with stage_run(params, "features", {"split": split, "shard": report.shard}) as run_:
             run_.log_metrics({"requested": report.requested, "written": report.written, "skipped": report.skipped,
                               "seconds": report.seconds,

@@ -9,9 +9,10 @@
 from pathlib import Path
 
 from pipeline.classes import read_classes
-from pipeline.cli import load_from_args, params_parser, parse_shard, run
+from pipeline.cli import load_from_args, params_parser, run
 from pipeline.datasets import list_split
-from pipeline.prepare import merge_shards, prepare_split, shard_path, write_outputs
+from pipeline.prepare import merge_shards, prepare_split, write_outputs
+from pipeline.shards import add_shard_arguments, shard_path
 from pipeline.tracking import stage_run
 
 
@@ -22,9 +23,7 @@ def main(argv=None):
     parser.add_argument("--audio-dir", help="where the FLAC clips go (default: <data.root>/audio/<split>)")
     parser.add_argument("--manifest", help="output manifest (default: <data.root>/manifests/<split>.csv)")
     parser.add_argument("--report", help="output report (default: <data.root>/reports/prepare_<split>.json)")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--shard", type=parse_shard, metavar="I/N", help="process only shard I of N (0 <= I < N)")
-    mode.add_argument("--merge", type=int, metavar="N", help="merge the outputs of N shards instead of processing")
+    add_shard_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def body(args):
