@@ -13,16 +13,14 @@ import numpy as np
 import pytest
 
 from pipeline import demo
+from tests.conftest import needs_shared
 
 # the real AudioSet class list and ontology, to check the demo classes against (the shared
 # data folder next to the checkout, or DEMO_AUDIOSET_META_DIR)
 SHARED_AUDIOSET = Path(
     os.environ.get("DEMO_AUDIOSET_META_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "audioset")
 )
-needs_audioset_meta = pytest.mark.skipif(
-    not (SHARED_AUDIOSET / "ontology.json").is_file() or not (SHARED_AUDIOSET / "class_labels_indices.csv").is_file(),
-    reason=f"AudioSet class_labels_indices.csv / ontology.json not found in {SHARED_AUDIOSET}",
-)
+needs_audioset_meta = needs_shared(SHARED_AUDIOSET / "ontology.json", SHARED_AUDIOSET / "class_labels_indices.csv")
 
 
 def make_cfg(**over):

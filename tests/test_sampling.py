@@ -14,7 +14,7 @@ from pipeline.errors import PipelineError
 from pipeline.manifest import Entry, read_manifest
 from pipeline.sampling import (BalancedSampler, ShuffleSampler, label_matrix, make_sampler, read_weights,
                                sample_weights, weights_by_clip, write_weights)
-from tests.conftest import REPO, SHARED, run_module, write_params
+from tests.conftest import REPO, SHARED, needs_shared, run_module, write_params
 
 FIXTURE = SHARED / "reference" / "label-fixture"
 AUDIOSET_CLASSES = SHARED / "data" / "audioset" / "class_labels_indices.csv"
@@ -38,7 +38,7 @@ def naive_weights(entries, mids):
 # Weights
 
 
-@pytest.mark.skipif(not FIXTURE.is_dir(), reason="../shared/reference is not present")
+@needs_shared(FIXTURE, AUDIOSET_CLASSES)
 def test_weights_stage_matches_official(tmp_path, store_uri):
     params = write_params(tmp_path / "params.yaml", {"tracking": {"uri": store_uri}})
     out = tmp_path / "weights.csv"
