@@ -11,7 +11,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -45,11 +45,9 @@ class Rejected:
 class Listing:
     split: str
     entries: list  # Item | Rejected, in the dataset's order
-
-
-def not_available(dataset: str) -> PipelineError:
-    return PipelineError(f"data.dataset={dataset}: acquiring this dataset is not part of this release yet; "
-                         "use data.dataset=folder with a CSV of already-downloaded clips meanwhile")
+    # Optional: told which items of the shard still need loading (in order) before the first load,
+    # so a dataset can fetch them ahead with bounded concurrency (AudioSet's downloads).
+    prefetch: Optional[Callable[[list], None]] = None
 
 
 # ---- class list and ontology -------------------------------------------------------------
@@ -65,7 +63,15 @@ def class_metadata(params: Params) -> tuple[ClassList, list[dict]]:
         classes = read_classes(data.folder.classes)
         ontology = read_ontology(data.folder.ontology) if data.folder.ontology else []
         return classes, ontology
-    raise not_available(data.dataset)
+    if data.dataset == "audioset":
+        from pipeline import audioset
+
+        return audioset.class_metadata(params)
+    if data.dataset == "fsd50k":
+        from pipeline import fsd50k
+
+        return fsd50k.class_metadata(params)
+    raise PipelineError(f"data.dataset={data.dataset}: unknown dataset")
 
 
 # ---- demo --------------------------------------------------------------------------------
@@ -180,4 +186,12 @@ def list_split(params: Params, split: str, classes: ClassList) -> Listing:
         return list_demo(params, split)
     if params.data.dataset == "folder":
         return list_folder(params, split, classes)
-    raise not_available(params.data.dataset)
+    if params.data.dataset == "audioset":
+        from pipeline import audioset
+
+        return audioset.list_split(params, split, classes)
+    if params.data.dataset == "fsd50k":
+        from pipeline import fsd50k
+
+        return fsd50k.list_split(params, split, classes)
+    raise PipelineError(f"data.dataset={params.data.dataset}: unknown dataset")

@@ -36,6 +36,9 @@ def prepare_split(listing: Listing, *, dataset: str, audio_dir: str | Path, root
     entries = listing.entries[shard_slice(len(listing.entries), shard)]
     report = StageReport(listing.split, dataset, f"{shard[0]}/{shard[1]}", requested=len(entries))
     manifest = []
+    if listing.prefetch is not None:  # let the dataset fetch what is still missing ahead of the loop
+        listing.prefetch([e for e in entries
+                          if isinstance(e, Item) and not is_valid_clip(audio_dir / f"{e.clip_id}.flac")])
 
     def skip(clip_id, source, reason, detail):
         if on_bad == "fail":

@@ -21,6 +21,7 @@ class StageReport:
     skipped_by_reason: dict = field(default_factory=dict)
     skips: list = field(default_factory=list)
     seconds: float = 0.0
+    available: float = 1.0  # written / requested: for downloads, the fraction of the list obtained
 
     def add_skip(self, clip_id: str, source: str, reason: str, detail: str) -> None:
         self.skipped += 1
@@ -30,6 +31,7 @@ class StageReport:
     def check(self) -> "StageReport":
         if self.requested != self.written + self.skipped:  # the contract every report keeps
             raise AssertionError(f"report does not reconcile: {asdict(self)}")
+        self.available = round(self.written / self.requested, 6) if self.requested else 1.0
         return self
 
     def write(self, path: str | Path) -> None:

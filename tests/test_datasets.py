@@ -66,11 +66,3 @@ def test_folder_csv_problems_are_one_line_errors(tmp_path, audio_classes):
     bad_classes.write_text("name\nSpeech\n")
     with pytest.raises(PipelineError, match="c.csv: a class list needs the columns index,mid,display_name"):
         read_classes(bad_classes)
-
-
-def test_datasets_not_in_this_release_say_so(tmp_path):
-    params = load_params(write_params(tmp_path / "p.yaml", {"data": {"dataset": "audioset"}}))
-    with pytest.raises(PipelineError, match="data.dataset=audioset"):
-        class_metadata(params)
-    with pytest.raises(PipelineError, match="data.dataset=audioset"):
-        list_split(params, "train", ClassList(("a",), ("A",)))
