@@ -67,6 +67,72 @@ class FolderData(Section):
     split_seed: int = 0
 
 
+AUDIOSET_CSV = "https://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv"
+AUDIOSET_ONTOLOGY = "https://raw.githubusercontent.com/audioset/ontology/master/ontology.json"
+NonNegative = Annotated[float, Field(ge=0)]
+Retries = Annotated[int, Field(ge=0, le=100)]
+
+
+class AudioSetUrls(Section):
+    """Where the official AudioSet metadata is downloaded from (when not already in meta_dir)."""
+
+    class_labels_indices: str = f"{AUDIOSET_CSV}/class_labels_indices.csv"
+    ontology: str = AUDIOSET_ONTOLOGY
+    balanced_train: str = f"{AUDIOSET_CSV}/balanced_train_segments.csv"
+    unbalanced_train: str = f"{AUDIOSET_CSV}/unbalanced_train_segments.csv"
+    eval: str = f"{AUDIOSET_CSV}/eval_segments.csv"
+
+
+class AudioSetData(Section):
+    """AudioSet (pipeline.audioset): segment lists + audio by yt-dlp, or a local folder of clips."""
+
+    source: Literal["download", "local"] = "download"
+    unbalanced: StrictBool = False  # add unbalanced_train (~2M segments) to train: the full-AudioSet recipe
+    meta_dir: Optional[str] = None  # metadata CSVs + ontology.json; default <data.root>/downloads/audioset
+    urls: AudioSetUrls = AudioSetUrls()
+    # source: local -- clips already on disk, found by a file-name template (fields: ytid, start, end
+    # (floats, e.g. {start:.3f}), start_ms, end_ms, set = balanced_train | unbalanced_train | eval)
+    local_dir: Optional[str] = None
+    local_template: str = "{ytid}_{start:.3f}_{end:.3f}.flac"
+    local_cut: StrictBool = False  # the local files hold whole videos: cut [start, end] out of them
+    # source: download -- yt-dlp per segment
+    yt_dlp: str = "yt-dlp"  # executable name (looked up on PATH) or path
+    yt_dlp_args: list[str] = []  # extra arguments, e.g. [--cookies, cookies.txt]
+    format: str = "bestaudio/best"
+    ffmpeg: str = "ffmpeg"  # when found, yt-dlp fetches only [start, end]; "" = always fetch whole, cut here
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 4  # parallel yt-dlp calls per job
+    rate_limit: NonNegative = 1.0  # yt-dlp calls started per second per job; 0 = unlimited
+    timeout_s: Positive = 300.0  # per yt-dlp call
+    socket_timeout_s: Positive = 30.0
+    retries: Retries = 3  # for transient errors (network, HTTP 429/5xx, timeouts)
+    backoff_s: NonNegative = 5.0  # first retry delay, doubling each retry
+    retry_permanent: StrictBool = False  # also retry unavailable/private/removed/age-restricted
+    tmp_dir: Optional[str] = None  # partial downloads; default the system temp dir ($TMPDIR)
+    http_timeout_s: Positive = 60.0  # metadata downloads
+    http_retries: Retries = 3
+    # the validation split: a stratified hold-out of train (AudioSet has none; eval stays unseen)
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    val_seed: int = 0
+    val_min_class_clips: Annotated[int, Field(ge=2)] = 2  # classes with this many train clips appear in val
+
+
+class FSD50KData(Section):
+    """FSD50K (pipeline.fsd50k): the official Zenodo release, downloaded or already on disk."""
+
+    source: Literal["download", "local"] = "download"
+    release_dir: Optional[str] = None  # archives and/or extracted release; default <data.root>/downloads/fsd50k
+    base_url: str = "https://zenodo.org/records/4060432/files"
+    record_url: str = "https://zenodo.org/api/records/4060432"  # file sizes and MD5 checksums
+    ontology_url: str = AUDIOSET_ONTOLOGY
+    verify: StrictBool = True  # check sizes and checksums of downloaded archives against the record
+    dev_parts: Annotated[int, Field(ge=0, le=99)] = 5  # FSD50K.dev_audio.z01..z05 + .zip
+    eval_parts: Annotated[int, Field(ge=0, le=99)] = 1  # FSD50K.eval_audio.z01 + .zip
+    keep_archives: StrictBool = True  # False: delete the parts once reassembled
+    timeout_s: Positive = 60.0
+    retries: Retries = 3
+    backoff_s: NonNegative = 5.0
+
+
 class Data(Section):
     dataset: Literal["demo", "audioset", "fsd50k", "folder"] = "demo"
     root: str = "data"
@@ -76,11 +142,17 @@ class Data(Section):
     shards: PositiveInt = 1
     demo: DemoData = DemoData()
     folder: FolderData = FolderData()
+    audioset: AudioSetData = AudioSetData()
+    fsd50k: FSD50KData = FSD50KData()
 
     @model_validator(mode="after")
     def _folder_needs_files(self):
         if self.dataset == "folder" and not (self.folder.csv and self.folder.classes):
             raise ValueError("data.dataset=folder needs data.folder.csv and data.folder.classes")
+        if self.dataset in ("audioset", "fsd50k") and not set(self.splits) <= {"train", "val", "eval"}:
+            raise ValueError(f"data.dataset={self.dataset} has the splits train, val, eval")
+        if self.dataset == "audioset" and self.audioset.source == "local" and not self.audioset.local_dir:
+            raise ValueError("data.audioset.source=local needs data.audioset.local_dir")
         if len(set(self.splits)) != len(self.splits):
             raise ValueError("splits must be unique")
         return self
@@ -102,8 +174,8 @@ class Sampling(Section):
 
 
 class Augment(Section):
-    freqm: Annotated[int, Field(ge=0)] = 48
-    timem: Annotated[int, Field(ge=0)] = 192
+    freqm: Annotated[int, Field(ge=0)] = 24  # the demo's 3 s clips; the paper: 48 / 192 for 10 s
+    timem: Annotated[int, Field(ge=0)] = 60
     mixup: Probability = 0.5
     mixup_alpha: Positive = 10.0
     mixup_domain: Literal["power", "logmel"] = "power"
@@ -130,7 +202,7 @@ class Labels(Section):
 
 
 class Model(Section):
-    name: str = "tf_efficientnet_lite0"
+    name: str = "mobilenetv3_small_100"  # the demo: fast on a CPU; the paper presets use tf_efficientnet_b2
     pretrained: str = "none"  # imagenet | none | path to a local weights file
     stem: Literal["adapt", "random"] = "random"
     heads: Annotated[int, Field(ge=0, le=64)] = 4
@@ -139,11 +211,11 @@ class Model(Section):
 class Train(Section):
     lr: Positive = 1e-3
     batch_size: PositiveInt = 32
-    epochs: PositiveInt = 8
-    lr_decay_start: PositiveInt = 5
+    epochs: PositiveInt = 15
+    lr_decay_start: PositiveInt = 10
     lr_decay: Annotated[float, Field(gt=0, le=1)] = 0.5
     lr_decay_every: PositiveInt = 5
-    warmup_steps: Annotated[int, Field(ge=0)] = 100
+    warmup_steps: Annotated[int, Field(ge=0)] = 40
     weight_decay: Annotated[float, Field(ge=0)] = 5e-7
     betas: tuple[Probability, Probability] = (0.95, 0.999)
     seeds: Annotated[list[int], Field(min_length=1)] = [1, 2]
@@ -153,11 +225,12 @@ class Train(Section):
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: StrictBool = False
     compile: StrictBool = False
+    log_every: PositiveInt = 10  # optimizer steps between loss points in MLflow
 
 
 class Aggregate(Section):
-    wa_start: PositiveInt = 4
-    wa_end: PositiveInt = 8
+    wa_start: PositiveInt = 6
+    wa_end: PositiveInt = 15
     bn_batches: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")

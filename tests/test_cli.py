@@ -9,7 +9,7 @@ STAGES = sorted(m.name for m in pkgutil.iter_modules(pipeline.stages.__path__))
 
 
 def test_the_stages_present():
-    assert {"metadata", "prepare", "features", "stats", "weights", "summary"} <= set(STAGES)
+    assert {"metadata", "prepare", "features", "stats", "weights", "train", "predict", "score", "summary"} <= set(STAGES)
 
 
 @pytest.mark.parametrize("stage", STAGES + ["config"])
@@ -27,7 +27,12 @@ def test_every_stage_applies_set_overrides_before_anything_else(tmp_path, stage)
                 "prepare": ["--split", "train", "--classes", "c.csv"],
                 "features": ["--manifest", "m.csv", "--classes", "c.csv", "--out", "c.csv", "--report", "r.json"],
                 "stats": ["--features", "f.h5", "--out", "c.csv"],
-                "weights": ["--manifest", "m.csv", "--classes", "k.csv", "--out", "c.csv"]}.get(stage, [])
+                "weights": ["--manifest", "m.csv", "--classes", "k.csv", "--out", "c.csv"],
+                "train": ["--train-features", "t.h5", "--val-features", "v.h5", "--stats", "s.json",
+                          "--classes", "k.csv", "--out", "c.csv", "--seed", "1"],
+                "predict": ["--checkpoint", "b.pt", "--features", "f.h5", "--out", "c.csv"],
+                "score": ["--scores", "p.npz", "--manifest", "m.csv", "--classes", "k.csv", "--out", "c.csv"],
+                }.get(stage, [])
     (tmp_path / "params.yaml").write_text("{}\n")
     proc = run_module(module, *required, "--set", "train.lr=-1", cwd=tmp_path, check=False)
     assert proc.returncode == 2

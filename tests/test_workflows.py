@@ -49,7 +49,7 @@ def test_dvc_repro_then_nothing_to_do_and_snakemake_agrees(tmp_path):
     assert all((project / "data" / e.audio).is_file() for m in manifests.values() for e in m)
     dvc_lock = yaml.safe_load((project / "dvc.lock").read_text())
     splits = ("train", "val", "eval")
-    assert set(dvc_lock["stages"]) == {"metadata", "stats", "weights", *(f"{stage}@{s}" for stage in ("prepare", "features")
+    assert set(dvc_lock["stages"]) == {"metadata", "stats", "weights", "train@1", *(f"{stage}@{s}" for stage in ("prepare", "features")
                                                                for s in splits)}
 
     again = _run([str(BIN / "dvc"), "repro"], project)
@@ -66,3 +66,6 @@ def test_dvc_repro_then_nothing_to_do_and_snakemake_agrees(tmp_path):
     assert (project / "data/weights/train.csv").read_text() == (tmp_path / "dvc-data/weights/train.csv").read_text()
     assert (project / "data/features/stats.json").read_text() == (tmp_path / "dvc-data/features/stats.json").read_text()
     assert (project / "logs/prepare_train.log").is_file() and (project / "logs/stats.log").is_file()
+    # training ran under both; the DVC plots file is the run's history
+    assert (project / "models/seed-1/best.pt").is_file() and (project / "logs/train_seed-1.log").is_file()
+    assert (project / "plots/train/seed-1.csv").read_text() == (project / "models/seed-1/history.csv").read_text()

@@ -19,4 +19,5 @@ def all_outputs():
         *expand(f"{ROOT}/features/{{split}}.h5", split=SPLITS),
         f"{ROOT}/features/stats.json",
         f"{ROOT}/weights/train.csv",
+        *expand("plots/train/seed-{seed}.csv", seed=config["train"]["seeds"]),
     ]

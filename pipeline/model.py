@@ -1,0 +1,348 @@
+"""The PSLA model: a timm CNN backbone on one-channel fbanks, features averaged over frequency,
+then attention pooling over time (Gong, Chung & Glass 2021; the PSLA repository's EffNetAttention).
+
+Input: a normalised fbank batch `[B, T, F]` (time-major, as the features contract). It is turned
+into an image `[B, 1, F, T]` (frequency as height, time as width), the backbone's
+`forward_features` gives `[B, C, F', T']`, the mean over frequency `[B, C, T']` (the repo's
+`AvgPool2d((4, 1))` for 128 bins), and the pooling gives class probabilities `[B, classes]`:
+
+- `model.heads: 0`  mean pooling: per-frame sigmoid class scores (1x1 conv), averaged over time;
+- `model.heads: 1`  attention: sigmoid(1x1 conv) attention, normalised over time, times sigmoid(1x1
+  conv) class scores, summed over time;
+- `model.heads: >=2` that per head, heads combined with learnable weights (initialised to 1/heads).
+
+The module layout mirrors the PSLA repository's `HigherModels.py` (same 1x1 convs with bias, same
+initialisation, same parameter names under `attention.`), so `tf_efficientnet_b2` + 4 heads + 527
+classes is the paper's 13.6M parameters. The output clamp to [1e-7, 1 - 1e-7] belongs to the loss.
+With several heads the learnable head weights are not constrained, so after training an output may
+leave (0, 1) slightly, as in the paper's model; the loss's clamp handles it.
+
+Weights (`model.pretrained`): `none` (random), `imagenet` (timm's pretrained weights; offline without a
+cached copy this is a one-line `PipelineError`), or a path to a local file: a backbone state dict
+(timm key names; a classifier is ignored), or a checkpoint dict with a `model` or `state_dict` entry
+(one of our own checkpoints works: its `backbone.` part is used). Three-channel (RGB) stem weights
+meet the one-channel input per `model.stem`: `adapt` sums them over RGB (timm's adapt_input_conv),
+`random` keeps the stem randomly initialised (the paper's choice). One-channel stem weights (from an
+audio model) are loaded as they are.
+
+`python -m pipeline.model` prints the configured model's parameter count.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from pipeline.errors import PipelineError
+
+EPSILON = 1e-7
+
+
+def _init_layer(layer: nn.Conv2d) -> None:
+    """The PSLA repository's init_layer: uniform with the He-normal standard deviation, zero bias."""
+    n = layer.weight[0].numel()
+    scale = math.sqrt(2.0 / n) * math.sqrt(3.0)
+    nn.init.uniform_(layer.weight, -scale, scale)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+def _conv1x1(n_in: int, n_out: int) -> nn.Conv2d:
+    return nn.Conv2d(n_in, n_out, kernel_size=1, bias=True)
+
+
+def _attend(att: torch.Tensor, cla: torch.Tensor) -> torch.Tensor:
+    """[B, C, T, 1] logits of attention and class scores -> [B, C] attention-weighted probabilities."""
+    att = torch.sigmoid(att[..., 0]).clamp(EPSILON, 1.0 - EPSILON)
+    cla = torch.sigmoid(cla[..., 0])
+    norm_att = att / att.sum(dim=2, keepdim=True)
+    return (norm_att * cla).sum(dim=2)
+
+
+class MeanPooling(nn.Module):
+    """`heads: 0`: per-frame class probabilities averaged over time (PSLA's MeanPooling)."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.cla = _conv1x1(n_in, n_out)
+        _init_layer(self.cla)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, C_in, T, 1]
+        return torch.sigmoid(self.cla(x)[..., 0]).mean(dim=2)
+
+
+class Attention(nn.Module):
+    """`heads: 1`: single-head attention pooling (PSLA's Attention)."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.att = _conv1x1(n_in, n_out)
+        self.cla = _conv1x1(n_in, n_out)
+        _init_layer(self.att)
+        _init_layer(self.cla)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _attend(self.att(x), self.cla(x))
+
+
+class MHeadAttention(nn.Module):
+    """`heads >= 2`: one attention pooling per head, combined with learnable head weights
+    (PSLA's MHeadAttention, which keeps PyTorch's default conv initialisation)."""
+
+    def __init__(self, n_in: int, n_out: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.att = nn.ModuleList(_conv1x1(n_in, n_out) for _ in range(heads))
+        self.cla = nn.ModuleList(_conv1x1(n_in, n_out) for _ in range(heads))
+        self.head_weight = nn.Parameter(torch.full((heads,), 1.0 / heads))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = [_attend(att(x), cla(x)) * self.head_weight[i] for i, (att, cla) in enumerate(zip(self.att, self.cla))]
+        return torch.stack(out, dim=0).sum(dim=0)
+
+
+def make_pooling(n_in: int, n_out: int, heads: int) -> nn.Module:
+    if heads < 0:
+        raise PipelineError(f"model.heads: must be >= 0 (0 = mean pooling), got {heads}")
+    if heads == 0:
+        return MeanPooling(n_in, n_out)
+    if heads == 1:
+        return Attention(n_in, n_out)
+    return MHeadAttention(n_in, n_out, heads)
+
+
+class PSLAModel(nn.Module):
+    """Backbone + frequency average + attention pooling: `[B, T, F]` fbanks -> `[B, classes]` probabilities."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, heads: int):
+        super().__init__()
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.heads = heads
+        self.attention = make_pooling(backbone.num_features, num_classes, heads)
+        self.channels_last = False
+
+    def to_channels_last(self) -> "PSLAModel":
+        """Weights and the 4-D input in NHWC layout (faster convolutions on recent GPUs)."""
+        self.channels_last = True
+        return self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3:
+            raise ValueError(f"expected fbanks [batch, frames, mel bins], got shape {list(x.shape)}")
+        x = x.unsqueeze(1).transpose(2, 3)          # [B, 1, F, T]: frequency as height, time as width
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.backbone.forward_features(x)       # [B, C, F', T']
+        if x.ndim != 4:
+            raise ValueError(f"the backbone's forward_features gave shape {list(x.shape)}, not [B, C, H, W]")
+        x = x.mean(dim=2, keepdim=True).transpose(2, 3)  # [B, C, T', 1]
+        return self.attention(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+
+
+def _model_section(cfg: Any):
+    """The `model` params section from a config.Model, a whole Params, or a plain mapping."""
+    from pipeline.config import Model, ParamsError
+
+    if isinstance(cfg, Model):
+        return cfg
+    if hasattr(cfg, "model") and isinstance(cfg.model, Model):
+        return cfg.model
+    if isinstance(cfg, Mapping):
+        try:
+            return Model.model_validate(dict(cfg))
+        except Exception as err:  # pydantic's ValidationError: keep it to one line
+            first = str(err).splitlines()
+            raise ParamsError(f"model params: {' '.join(line.strip() for line in first[:3])}") from None
+    raise TypeError(f"expected the model params section, got {type(cfg).__name__}")
+
+
+def _build_backbone(name: str) -> nn.Module:
+    """A randomly initialised one-channel timm backbone without classifier and pooling."""
+    import timm
+
+    if not timm.is_model(name):
+        raise PipelineError(f"model.name: '{name}' is not a timm model "
+                            f"(list them with: python -c \"import timm; print(timm.list_models('*efficientnet*'))\")")
+    try:
+        backbone = timm.create_model(name, pretrained=False, num_classes=0, global_pool="", in_chans=1)
+    except Exception as err:
+        raise PipelineError(f"model.name: timm cannot build '{name}' with one input channel ({_short(err)})") from None
+    if not hasattr(backbone, "forward_features") or not getattr(backbone, "num_features", 0):
+        raise PipelineError(f"model.name: '{name}' has no forward_features/num_features; use a timm CNN")
+    # Some families (MobileNetV3, GhostNet, ...) put a 1x1 conv after the global pool, in the head:
+    # unused by forward_features, it would only add dead parameters (and trouble DDP).
+    if getattr(backbone, "head_hidden_size", backbone.num_features) != backbone.num_features:
+        for attr in ("conv_head", "norm_head"):
+            if isinstance(getattr(backbone, attr, None), nn.Module):
+                setattr(backbone, attr, nn.Identity())
+    return backbone
+
+
+def _short(err: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(err).split())
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _imagenet_state(name: str) -> dict[str, torch.Tensor]:
+    """timm's ImageNet weights for `name` (three-channel stem), from its hub or the local cache."""
+    import timm
+
+    try:
+        model = timm.create_model(name, pretrained=True, num_classes=0, global_pool="")
+    except Exception as err:  # offline: huggingface_hub's LocalEntryNotFoundError, URLError, OSError, ...
+        raise PipelineError(
+            f"model.pretrained: imagenet: cannot get timm's ImageNet weights for '{name}' "
+            f"(no network and no cached copy?); set model.pretrained: none, or point model.pretrained "
+            f"at a local weights file [{_short(err, 160)}]") from None
+    return model.state_dict()
+
+
+def _read_weights_file(text: str) -> dict[str, torch.Tensor]:
+    path = Path(text).expanduser()
+    where = f"model.pretrained: {text}"
+    if not path.is_file():
+        raise PipelineError(f"{where}: no such file (model.pretrained is 'imagenet', 'none' or a weights file)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's long weights_only advice does not apply to a non-weights file
+        raise PipelineError(f"{where}: not a PyTorch weights file, or one holding objects other than tensors "
+                            f"(read with torch.load(weights_only=True))") from None
+    except Exception as err:
+        raise PipelineError(f"{where}: not a PyTorch weights file [{_short(err, 120)}]") from None
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if (not isinstance(obj, Mapping) or not obj
+            or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())):
+        raise PipelineError(f"{where}: holds no state dict (expected a dict of tensors, or a checkpoint "
+                            f"with a 'model' or 'state_dict' entry)")
+    return dict(obj)
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Key names as the bare backbone has them: without DDP's `module.`, torch.compile's `_orig_mod.`,
+    and, for one of our own checkpoints, only its `backbone.` part."""
+    state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if any(k.startswith("backbone.") for k in state):
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    return state
+
+
+def _stem_key(backbone: nn.Module, target: Mapping[str, torch.Tensor]) -> str | None:
+    first = (getattr(backbone, "pretrained_cfg", None) or {}).get("first_conv")
+    names = [first] if isinstance(first, str) else list(first or [])
+    for conv in names:
+        if f"{conv}.weight" in target:
+            return f"{conv}.weight"
+    return next((k for k, v in target.items() if v.ndim == 4 and v.shape[1] == 1), None)
+
+
+def _examples(label: str, keys, n: int = 2) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(f"'{k}'" for k in keys[:n])
+    return f"{len(keys)} {label} (e.g. {shown})"
+
+
+def load_backbone_state(backbone: nn.Module, state: Mapping[str, torch.Tensor], stem: str, source: str) -> None:
+    """Load `state` into the one-channel `backbone`; RGB stem weights per `stem` (adapt | random).
+    Anything that does not fit is a one-line PipelineError naming `source`."""
+    from timm.models import adapt_input_conv
+
+    target = backbone.state_dict()
+    state = _strip_prefixes(dict(state))
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    classifier = cfg.get("classifier") or ()
+    ignorable = ([classifier] if isinstance(classifier, str) else list(classifier)) + ["conv_head", "norm_head"]
+    unexpected = [k for k in state if k not in target and not any(k.startswith(p + ".") for p in ignorable)]
+    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
+    stem_key = _stem_key(backbone, target)
+    wrong = [k for k in state if k in target and k != stem_key and state[k].shape != target[k].shape]
+    if unexpected or missing or wrong:
+        parts = [_examples(label, keys) for label, keys in
+                 (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)) if keys]
+        name = cfg.get("architecture") or type(backbone).__name__
+        raise PipelineError(f"model.pretrained: {source} does not fit the backbone '{name}' ({'; '.join(parts)}); "
+                            f"is it a state dict of this model.name?")
+    state = {k: v for k, v in state.items() if k in target}
+    if stem_key is not None and stem_key in state:
+        weight = state[stem_key]
+        want = target[stem_key]
+        if weight.shape != want.shape:
+            if weight.ndim != 4 or weight.shape[0] != want.shape[0] or weight.shape[2:] != want.shape[2:]:
+                raise PipelineError(f"model.pretrained: {source}: stem '{stem_key}' has shape {list(weight.shape)}, "
+                                    f"the model's has {list(want.shape)}")
+            if stem == "adapt":
+                state[stem_key] = adapt_input_conv(want.shape[1], weight.float()).to(weight.dtype)
+            else:  # random: the paper's choice, keep the fresh initialisation
+                del state[stem_key]
+    backbone.load_state_dict(state, strict=False)
+
+
+def create_model(cfg: Any, num_classes: int) -> PSLAModel:
+    """The configured model (`cfg`: the `model` params section, a whole Params, or a mapping)."""
+    cfg = _model_section(cfg)
+    if num_classes < 1:
+        raise PipelineError(f"the model needs at least one class, got {num_classes}")
+    backbone = _build_backbone(cfg.name)
+    source = cfg.pretrained.strip()
+    if source.lower() == "imagenet":
+        load_backbone_state(backbone, _imagenet_state(cfg.name), cfg.stem, "imagenet")
+    elif source.lower() != "none":
+        load_backbone_state(backbone, _read_weights_file(source), cfg.stem, source)
+    return PSLAModel(backbone, num_classes, cfg.heads)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe(cfg: Any, num_classes: int, model: nn.Module | None = None) -> dict:
+    """What a checkpoint records about its model; pass the built `model` to skip building one to count."""
+    cfg = _model_section(cfg)
+    if model is None:
+        model = create_model(cfg.model_copy(update={"pretrained": "none"}), num_classes)
+    return {"name": cfg.name, "heads": cfg.heads, "num_classes": num_classes, "params": count_parameters(model),
+            "pretrained": cfg.pretrained, "stem": cfg.stem}
+
+
+def summary_line(name: str, heads: int, num_classes: int, params: int) -> str:
+    pooling = "mean pooling" if heads == 0 else f"{heads} head{'s' if heads != 1 else ''}"
+    return f"{name}, {pooling}, {num_classes} classes: {params:,} parameters ({params / 1e6:.1f}M)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pipeline.cli import load_from_args, params_parser, run
+
+    parser = params_parser("Build the configured model (model.* params) and print its parameter count.")
+    parser.add_argument("--classes", type=int, default=527, metavar="N", help="number of classes (default: 527)")
+
+    def body(args):
+        cfg = load_from_args(args).model
+        model = create_model(cfg, args.classes)
+        print(summary_line(cfg.name, cfg.heads, args.classes, count_parameters(model)))
+
+    run(body, parser, argv)
+
+
+if __name__ == "__main__":
+    main()

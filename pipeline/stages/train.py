@@ -1,0 +1,85 @@
+"""Train one model (a seed, or the teacher on the original labels); resumes from its last epoch.
+
+    python -m pipeline.stages.train --train-features data/features/train.h5 --val-features data/features/val.h5 \
+        --weights data/weights/train.csv --stats data/features/stats.json --classes data/classes.csv \
+        --out models/seed-1 --seed 1
+
+With train.devices > 1 it starts itself under torchrun (one process per device, DDP).
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.classes import read_classes
+from pipeline.cli import load_from_args, params_parser, run
+from pipeline.errors import PipelineError
+from pipeline.io import atomic_write_text
+from pipeline.loader import Normaliser
+from pipeline.sampling import weights_by_clip
+from pipeline.tracking import stage_run
+from pipeline.train import Inputs, distributed_from_env, train
+
+
+def relaunch_under_torchrun(devices: int, argv: list[str]) -> int:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
+               "-m", "pipeline.stages.train", *argv]
+    return subprocess.call(command)
+
+
+def main(argv=None):
+    parser = params_parser(__doc__.splitlines()[0])
+    parser.add_argument("--train-features", required=True, help="training split features (HDF5)")
+    parser.add_argument("--val-features", required=True, help="validation split features (HDF5)")
+    parser.add_argument("--weights", help="sampling weights CSV (clip_id,weight); needed when sampling.balanced")
+    parser.add_argument("--stats", required=True, help="normalisation stats JSON from the stats stage")
+    parser.add_argument("--classes", required=True, help="class list")
+    parser.add_argument("--out", required=True, help="run folder: epoch_NNN.pt, best.pt, last.pt, history.csv")
+    parser.add_argument("--seed", type=int, required=True, help="the run's seed (one of train.seeds)")
+    parser.add_argument("--role", default="seed", choices=("seed", "teacher"), help="tag for tracking")
+    parser.add_argument("--history", help="also copy history.csv here when done (a DVC plots file)")
+    parser.add_argument("--no-progress", action="store_true")
+
+    def body(args):
+        params = load_from_args(args)
+        if params.train.devices > 1 and "RANK" not in os.environ:
+            code = relaunch_under_torchrun(params.train.devices, sys.argv[1:] if argv is None else argv)
+            if code:
+                raise PipelineError(f"torchrun with {params.train.devices} processes failed (exit {code}); "
+                                    "see the messages above")
+            return
+        dist_info = distributed_from_env()
+        if dist_info.world_size > 1:
+            import torch.distributed as dist
+
+            dist.init_process_group("nccl" if params.train.device.startswith("cuda") else "gloo")
+        if params.sampling.balanced and not args.weights:
+            raise PipelineError("sampling.balanced is true: pass --weights (from the weights stage)")
+        # PSLA_RANK_REPORT: a folder where each DDP process records its draws and final weights (tests, audits)
+        rank_report = Path(os.environ["PSLA_RANK_REPORT"]) if os.environ.get("PSLA_RANK_REPORT") else None
+        inputs = Inputs(Path(args.train_features), Path(args.val_features),
+                        weights_by_clip(args.weights) if args.weights else None,
+                        Normaliser.from_file(args.stats), read_classes(args.classes))
+        try:
+            if dist_info.main:
+                with stage_run(params, "train", {"role": args.role, "seed": args.seed}) as run_:
+                    best = train(params, inputs, args.out, args.seed, run_, not args.no_progress, dist_info,
+                                 rank_report)
+                if args.history:
+                    atomic_write_text(args.history, (Path(args.out) / "history.csv").read_text())
+                print(f"{args.role} {args.seed}: best val mAP {best['val_mAP']:.4f} at epoch {best['epoch']} "
+                      f"-> {args.out}")
+            else:
+                train(params, inputs, args.out, args.seed, None, False, dist_info, rank_report)
+        finally:
+            if dist_info.world_size > 1:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
+
+    run(body, parser, argv)
+
+
+if __name__ == "__main__":
+    main()

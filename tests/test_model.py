@@ -1,0 +1,184 @@
+"""The PSLA model: shapes, pooling variants, the paper's parameter count, weights sources, the CLI."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import timm
+import torch
+
+from pipeline.config import Model
+from pipeline.errors import PipelineError
+from pipeline.model import MHeadAttention, PSLAModel, count_parameters, create_model, describe
+from tests.conftest import run_module, write_params
+
+LITE0 = "tf_efficientnet_lite0"
+
+
+def lite0(**kw) -> Model:
+    return Model(**{"name": LITE0, "pretrained": "none", "heads": 4, **kw})
+
+
+def fbanks(batch: int = 2, frames: int = 100, bins: int = 128) -> torch.Tensor:
+    return torch.randn(batch, frames, bins, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("heads", [0, 1, 4])
+def test_output_is_probabilities_and_every_parameter_learns(heads):
+    torch.manual_seed(0)
+    model = create_model(lite0(heads=heads), 7)
+    out = model(fbanks())
+    assert out.shape == (2, 7)
+    assert torch.all(out > 0) and torch.all(out < 1)
+    out.sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_multi_head_weights_are_learnable():
+    torch.manual_seed(0)
+    model = create_model(lite0(heads=4), 5)
+    pooling = model.attention
+    assert isinstance(pooling, MHeadAttention)
+    assert torch.allclose(pooling.head_weight.detach(), torch.full((4,), 0.25))
+    torch.nn.functional.binary_cross_entropy(model(fbanks()), torch.ones(2, 5)).backward()
+    assert pooling.head_weight.grad is not None and pooling.head_weight.grad.abs().sum() > 0
+    torch.optim.SGD([pooling.head_weight], lr=1.0).step()
+    assert not torch.allclose(pooling.head_weight.detach(), torch.full((4,), 0.25))
+
+
+def test_the_paper_model_has_13_6M_parameters():
+    model = create_model(Model(name="tf_efficientnet_b2", pretrained="none", heads=4), 527)
+    assert abs(count_parameters(model) - 13.6e6) <= 0.1e6
+
+
+def test_head_families_keep_no_dead_parameters():
+    """MobileNetV3 has a conv after the global pool; forward_features never uses it, so it goes."""
+    model = create_model(Model(name="mobilenetv3_small_050", heads=1), 3)
+    model(fbanks()).sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_rejects_a_wrong_input_shape_and_unknown_names():
+    model = create_model(lite0(heads=0), 3)
+    with pytest.raises(ValueError, match="frames"):
+        model(torch.randn(2, 1, 100, 128))
+    with pytest.raises(PipelineError, match="not a timm model"):
+        create_model(lite0(name="no_such_net"), 3)
+
+
+def test_describe_records_the_model():
+    info = describe({"name": LITE0, "heads": 1}, 4)
+    assert info["name"] == LITE0 and info["heads"] == 1 and info["num_classes"] == 4
+    assert info["params"] == count_parameters(create_model(lite0(heads=1), 4))
+
+
+def backbone_state(in_chans: int, num_classes: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(123)
+    net = timm.create_model(LITE0, pretrained=False, num_classes=num_classes, global_pool="" if num_classes == 0 else "avg",
+                            in_chans=in_chans)
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def assert_backbone_equals(model: PSLAModel, state: dict, skip: tuple = ()) -> None:
+    loaded = model.backbone.state_dict()
+    for key, value in loaded.items():
+        if key not in skip:
+            assert torch.equal(value, state[key]), key
+
+
+def test_a_local_weights_file_round_trips(tmp_path):
+    state = backbone_state(1)
+    torch.save(state, tmp_path / "backbone.pt")
+    model = create_model(lite0(pretrained=str(tmp_path / "backbone.pt")), 3)
+    assert_backbone_equals(model, state)
+
+    from safetensors.torch import save_file  # timm's hub format
+
+    save_file(state, str(tmp_path / "model.safetensors"))
+    assert_backbone_equals(create_model(lite0(pretrained=str(tmp_path / "model.safetensors")), 3), state)
+
+    # one of our own checkpoints (backbone + attention, under 'model'; DDP's 'module.' prefix too)
+    full = {f"module.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"model": full, "epoch": 3}, tmp_path / "ckpt.pt")
+    again = create_model(lite0(pretrained=str(tmp_path / "ckpt.pt")), 3)
+    assert_backbone_equals(again, state)
+
+
+def test_stem_adapt_sums_rgb_and_random_keeps_a_fresh_stem(tmp_path):
+    state = backbone_state(3, num_classes=1000)  # a full timm ImageNet-layout model, classifier included
+    torch.save({"state_dict": state}, tmp_path / "rgb.pth")
+    adapted = create_model(lite0(pretrained=str(tmp_path / "rgb.pth"), stem="adapt"), 3)
+    summed = state["conv_stem.weight"].sum(dim=1, keepdim=True)
+    assert torch.allclose(adapted.backbone.conv_stem.weight, summed)
+    assert_backbone_equals(adapted, state, skip=("conv_stem.weight",))
+
+    fresh = create_model(lite0(pretrained=str(tmp_path / "rgb.pth"), stem="random"), 3)
+    assert fresh.backbone.conv_stem.weight.shape == summed.shape
+    assert not torch.allclose(fresh.backbone.conv_stem.weight, summed)
+    assert_backbone_equals(fresh, state, skip=("conv_stem.weight",))
+
+
+def test_imagenet_weights_are_adapted_like_a_file(monkeypatch):
+    """timm's pretrained path, with timm's download replaced by known three-channel weights."""
+    state = backbone_state(3)
+    real = timm.create_model
+
+    def fake(name, pretrained=False, **kw):
+        net = real(name, pretrained=False, **kw)
+        if pretrained:
+            net.load_state_dict(state)
+        return net
+
+    monkeypatch.setattr(timm, "create_model", fake)
+    model = create_model(lite0(pretrained="imagenet", stem="adapt"), 3)
+    assert torch.allclose(model.backbone.conv_stem.weight, state["conv_stem.weight"].sum(dim=1, keepdim=True))
+    assert_backbone_equals(model, state, skip=("conv_stem.weight",))
+
+
+def test_imagenet_unreachable_is_a_one_line_error(monkeypatch):
+    real = timm.create_model
+
+    def offline(name, pretrained=False, **kw):
+        if pretrained:
+            raise ConnectionError("Name or service not known\nretry 5/5")
+        return real(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(PipelineError) as err:
+        create_model(lite0(pretrained="imagenet"), 3)
+    assert "\n" not in str(err.value) and "model.pretrained: none" in str(err.value)
+
+
+@pytest.mark.parametrize("content", ["resnet", "garbage", "no_tensors", "missing"])
+def test_a_foreign_weights_file_is_a_one_line_error(tmp_path, content):
+    path = tmp_path / "weights.pt"
+    if content == "resnet":
+        torch.save(timm.create_model("resnet10t", pretrained=False, num_classes=0).state_dict(), path)
+    elif content == "garbage":
+        path.write_bytes(b"not a zip file" * 10)
+    elif content == "no_tensors":
+        torch.save({"epoch": 3, "lr": 0.1}, path)
+    with pytest.raises(PipelineError) as err:
+        create_model(lite0(pretrained=str(path)), 3)
+    assert "\n" not in str(err.value) and str(err.value).startswith("model.pretrained:")
+
+
+def test_cli_prints_the_parameter_count(tmp_path):
+    write_params(tmp_path / "params.yaml", {})
+    proc = run_module("pipeline.model", "--set", f"model.name={LITE0}", "--set", "model.heads=4", "--classes", "17",
+                      cwd=tmp_path)
+    expected = count_parameters(create_model(lite0(heads=4), 17))
+    assert proc.stdout.strip() == f"{LITE0}, 4 heads, 17 classes: {expected:,} parameters ({expected / 1e6:.1f}M)"
+
+
+def test_cli_imagenet_offline_is_a_one_line_error(tmp_path):
+    write_params(tmp_path / "params.yaml", {"model": {"pretrained": "imagenet"}})
+    cache = tmp_path / "empty_cache"
+    cache.mkdir()
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(cache), "TORCH_HOME": str(cache), "XDG_CACHE_HOME": str(cache)}
+    proc = run_module("pipeline.model", cwd=tmp_path, env=env, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.match(r"error: model\.pretrained: imagenet: ", lines[0]), proc.stderr
+    assert "model.pretrained: none" in lines[0] and "Traceback" not in proc.stderr

@@ -1,0 +1,25 @@
+rule train:
+    input:
+        train=f"{ROOT}/features/train.h5",
+        val=f"{ROOT}/features/val.h5",
+        stats=f"{ROOT}/features/stats.json",
+        weights=f"{ROOT}/weights/train.csv",
+        classes=rules.metadata.output.classes,
+    output:
+        # Not the whole run folder: Snakemake deletes a job's outputs before rerunning it, and the
+        # epoch checkpoints and last.pt there are what an interrupted run resumes from.
+        best="models/seed-{seed}/best.pt",
+        history="plots/train/seed-{seed}.csv",
+    log:
+        "logs/train_seed-{seed}.log",
+    wildcard_constraints:
+        seed=r"\d+",
+    threads: 4
+    resources:
+        mem_mb=16000,
+        runtime=24 * 60,
+        gpu=1,
+    shell:
+        "python -m pipeline.stages.train --params {PARAMS} --train-features {input.train} --val-features {input.val}"
+        " --weights {input.weights} --stats {input.stats} --classes {input.classes} --out models/seed-{wildcards.seed}"
+        " --seed {wildcards.seed} --history {output.history} --no-progress > {log} 2>&1"
