@@ -25,7 +25,7 @@ from pipeline.audio import SAMPLE_RATE, AudioProblem, check_wave
 from pipeline.classes import ClassList
 from pipeline.config import Features
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, remove_stale_temporaries
 from pipeline.manifest import Entry
 from pipeline.report import StageReport
 from pipeline.shards import shard_slice
@@ -75,6 +75,7 @@ def extract_features(entries: list[Entry], *, split: str, data_root: str | Path,
     block = entries[shard_slice(len(entries), shard)]
     report = StageReport(split, shard=f"{shard[0]}/{shard[1]}", requested=len(block))
     column = classes.index_of()
+    remove_stale_temporaries(Path(out).parent, {Path(out).name})
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as handle:
         _create(handle, len(block), cfg, classes)
         bar = tqdm(block, desc=f"features {split} {report.shard}", unit="clip", disable=not progress, mininterval=1.0)

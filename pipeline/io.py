@@ -43,12 +43,23 @@ def atomic_write_json(path: str | Path, payload) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
-def remove_stale_temporaries(folder: str | Path) -> int:
-    """Delete temporaries left by an interrupted run; returns how many were removed."""
+def remove_stale_temporaries(folder: str | Path, targets: set[str]) -> int:
+    """Delete temporaries an interrupted run left for the files named in `targets`; returns how many.
+
+    Only this run's own targets: shards of a split write into one folder at the same time, and
+    another shard's temporary may be in flight.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return 0
-    stale = [p for p in folder.iterdir() if p.name.startswith(".") and TMP_MARK in p.name]
-    for p in stale:
-        p.unlink(missing_ok=True)
+    stale = []
+    for path in folder.iterdir():
+        name = path.name
+        if name.startswith(".") and TMP_MARK in name:
+            stem, rest = name[1:].split(TMP_MARK, 1)
+            suffix = rest[rest.index("."):] if "." in rest else ""
+            if f"{stem}{suffix}" in targets:
+                stale.append(path)
+    for path in stale:
+        path.unlink(missing_ok=True)
     return len(stale)

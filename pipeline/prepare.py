@@ -31,9 +31,9 @@ def prepare_split(listing: Listing, *, dataset: str, audio_dir: str | Path, root
     """Write the clips of this shard of `listing`; returns the manifest entries and the report."""
     audio_dir, root = Path(audio_dir), Path(root)
     audio_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(audio_dir)
     started = time.monotonic()
     entries = listing.entries[shard_slice(len(listing.entries), shard)]
+    remove_stale_temporaries(audio_dir, {f"{e.clip_id}.flac" for e in entries if isinstance(e, Item)})
     report = StageReport(listing.split, dataset, f"{shard[0]}/{shard[1]}", requested=len(entries))
     manifest = []
     if listing.prefetch is not None:  # let the dataset fetch what is still missing ahead of the loop

@@ -1,8 +1,9 @@
-"""Print what the pipeline has produced so far: clips prepared and features computed per split.
+"""Print what the pipeline has produced so far: clips and features per split, and the trained models.
 
     python -m pipeline.stages.summary
 """
 
+import csv
 import json
 from pathlib import Path
 
@@ -25,6 +26,21 @@ def report_table(reports_dir: Path, splits: list[str]) -> list[str]:
     return lines
 
 
+def training_table(histories: Path, seeds: list[int]) -> list[str]:
+    lines = [f"{'model':<9} {'epochs':>6} {'best epoch':>10} {'val mAP':>8} {'val mAUC':>8} {'val d-prime':>11}"]
+    for seed in seeds:
+        path = histories / f"seed-{seed}.csv"
+        if not path.is_file():
+            lines.append(f"{f'seed-{seed}':<9} (not trained)")
+            continue
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        best = max(rows, key=lambda r: float(r["val_mAP"]))
+        lines.append(f"{f'seed-{seed}':<9} {len(rows):>6} {best['epoch']:>10} {float(best['val_mAP']):>8.4f} "
+                     f"{float(best['val_mAUC']):>8.4f} {float(best['val_d_prime']):>11.3f}")
+    return lines
+
+
 def main(argv=None):
     parser = params_parser(__doc__.splitlines()[0])
 
@@ -37,6 +53,7 @@ def main(argv=None):
         if stats.is_file():
             s = json.loads(stats.read_text())
             print(f"normalisation ({s['source']}): mean {s['mean']:.4f}, std {s['std']:.4f}")
+        print("\n".join(training_table(Path("plots/train"), params.train.seeds)))
 
     run(body, parser, argv)
 
