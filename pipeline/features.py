@@ -150,6 +150,44 @@ def merge_shards(paths: list[Path], out: str | Path) -> int:
     return total
 
 
+def relabel(features: str | Path, entries: list[Entry], classes: ClassList, out: str | Path) -> int:
+    """A features file with new labels (e.g. enhanced ones) and the same fbanks, without copying them.
+
+    `fbank`, `n_frames` and `clip_id` become virtual datasets over `features`; `labels` is
+    written from `entries`, matched by clip id (every clip of the file needs an entry).
+    Returns the number of labels that differ from the original file's.
+    """
+    features, out = Path(features), Path(out)
+    column = classes.index_of()
+    by_clip = {e.clip_id: e.labels for e in entries}
+    with h5py.File(features, "r") as source:
+        clip_ids = [c.decode() if isinstance(c, bytes) else c for c in source["clip_id"][:]]
+        if json.loads(source.attrs["class_ids"]) != list(classes.mids):
+            raise PipelineError(f"{features}: its classes differ from the class list; recompute the features")
+        missing = [c for c in clip_ids if c not in by_clip]
+        if missing:
+            raise PipelineError(f"{features}: clip '{missing[0]}' has no row in the relabelling manifest")
+        labels = np.zeros((len(clip_ids), len(classes)), np.uint8)
+        for row, clip in enumerate(clip_ids):
+            unknown = [m for m in by_clip[clip] if m not in column]
+            if unknown:
+                raise PipelineError(f"clip '{clip}': label {unknown[0]} is not in the class list")
+            labels[row, [column[m] for m in by_clip[clip]]] = 1
+        changed = int((labels != source["labels"][:]).sum())
+        specs = {name: (source[name].shape, source[name].dtype) for name in ("fbank", "n_frames", "clip_id")}
+        attrs = dict(source.attrs)
+    with atomic_path(out) as tmp:
+        with h5py.File(tmp, "w") as handle:
+            relative = os.path.relpath(features.absolute(), out.parent.absolute())
+            for name, (shape, dtype) in specs.items():
+                layout = h5py.VirtualLayout(shape=shape, dtype=dtype)
+                layout[...] = h5py.VirtualSource(relative, name, shape=shape)
+                handle.create_virtual_dataset(name, layout, fillvalue=None)
+            handle.create_dataset("labels", data=labels, chunks=(max(1, min(len(labels), 4096)), len(classes)))
+            handle.attrs.update(attrs)
+    return changed
+
+
 def normalisation_stats(path: str | Path, chunk: int = 256) -> dict:
     """Mean and std over the real (unpadded) frames of a features file, float64 accumulators."""
     total, total_sq, count = 0.0, 0.0, 0

@@ -178,6 +178,25 @@ def predict(model: torch.nn.Module, params: Params, features: Path, norm: Normal
     return torch.cat(scores).numpy(), torch.cat(labels).numpy()
 
 
+def predict_file(params: Params, checkpoint: str | Path, features: str | Path, out: str | Path,
+                 progress: bool = False) -> int:
+    """Score a features file with a checkpoint and write a predictions file; returns the clip count."""
+    import h5py
+
+    from pipeline.predictions import write_predictions
+
+    payload = load_checkpoint(checkpoint)
+    with h5py.File(features, "r") as handle:
+        if json.loads(handle.attrs["class_ids"]) != payload["class_ids"]:
+            raise PipelineError(f"{features}: its classes differ from the checkpoint's ({checkpoint})")
+    device = resolve_device(params, distributed_from_env())
+    model = model_from_checkpoint(payload).to(device)
+    scores, _ = predict(model, params, Path(features), Normaliser(**payload["norm"]), device, progress=progress)
+    clip_ids = FeatureDataset(features).clip_ids()
+    write_predictions(out, scores, clip_ids, payload["class_ids"])
+    return len(clip_ids)
+
+
 def validate(model, params, features, norm, device, class_ids) -> dict:
     scores, labels = predict(model, params, features, norm, device)
     loss = bce(torch.from_numpy(scores), torch.from_numpy(labels)).item()

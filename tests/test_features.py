@@ -11,7 +11,7 @@ import torchaudio.compliance.kaldi as kaldi
 from pipeline.classes import ClassList
 from pipeline.config import Features
 from pipeline.errors import PipelineError
-from pipeline.features import extract_features, merge_shards, normalisation_stats
+from pipeline.features import extract_features, merge_shards, normalisation_stats, relabel
 from pipeline.manifest import Entry, write_manifest
 from pipeline.shards import shard_path
 from tests.conftest import run_module, tone
@@ -139,3 +139,20 @@ def test_features_and_stats_stages_through_their_clis(tmp_path, clips):
     run_module("pipeline.stages.stats", "--features", str(data / "train.h5"), "--out", str(data / "p.json"), *common,
                "--set", "features.norm=paper", cwd=tmp_path)
     assert json.loads((data / "p.json").read_text()) == {"mean": -4.6476, "std": 4.5699, "source": "paper"}
+
+
+def test_relabel_references_the_fbanks_and_writes_new_labels(tmp_path, clips):
+    source = tmp_path / "f.h5"
+    extract_features(clips, split="t", data_root=tmp_path, out=source, cfg=CFG, classes=CLASSES, on_bad="fail",
+                     progress=False)
+    enhanced = [Entry(e.clip_id, e.audio, tuple(CLASSES.mids)) if i == 0 else e for i, e in enumerate(clips)]
+    out = tmp_path / "enhanced" / "f.h5"
+    assert relabel(source, enhanced[::-1], CLASSES, out) == 3 - len(clips[0].labels)  # matched by clip id
+    with h5py.File(source, "r") as a, h5py.File(out, "r") as b:
+        assert b["fbank"].is_virtual and not b["labels"].is_virtual
+        np.testing.assert_array_equal(a["fbank"][:], b["fbank"][:])
+        assert list(b["labels"][0]) == [1, 1, 1] and (a["labels"][1:] == b["labels"][1:]).all()
+        assert dict(a.attrs) == dict(b.attrs)
+    assert out.stat().st_size < 50_000
+    with pytest.raises(PipelineError, match="clip 'c6' has no row"):
+        relabel(source, clips[:-1], CLASSES, tmp_path / "x.h5")

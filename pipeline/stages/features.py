@@ -4,13 +4,16 @@
         --out data/features/train.h5 --report data/reports/features_train.json
     ... --shard 0/4   writes train.shard-0-of-4.h5 (and its report)
     ... --merge 4     stitches the four shard files into train.h5 through HDF5 virtual datasets
+    ... --relabel data/features/train.h5 --manifest data/manifests/train_enhanced.csv --out .../train_enhanced.h5
+                      the same fbanks with the manifest's (enhanced) labels
 """
 
 from pathlib import Path
 
 from pipeline.classes import read_classes
 from pipeline.cli import load_from_args, params_parser, run
-from pipeline.features import extract_features, merge_shards
+from pipeline.features import extract_features, merge_shards, relabel
+from pipeline.io import atomic_write_json
 from pipeline.manifest import read_manifest
 from pipeline.report import StageReport
 from pipeline.shards import add_shard_arguments, shard_path
@@ -24,12 +27,23 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output HDF5 file, e.g. data/features/train.h5")
     parser.add_argument("--report", required=True, help="output JSON report (requested/written/skipped)")
     add_shard_arguments(parser)
+    parser.add_argument("--relabel", metavar="FEATURES", help="instead of computing fbanks: write --out as FEATURES "
+                        "with the labels of --manifest (e.g. enhanced ones); the fbanks are referenced, not copied")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def body(args):
         params = load_from_args(args)
         split = Path(args.manifest).stem
         out, report_path = Path(args.out), Path(args.report)
+        if args.relabel:
+            clips = read_manifest(args.manifest)
+            changed = relabel(args.relabel, clips, read_classes(args.classes), out)
+            atomic_write_json(report_path, {"source": args.relabel, "manifest": args.manifest, "clips": len(clips),
+                                            "changed_labels": changed})
+            with stage_run(params, "features", {"split": split, "relabel": args.relabel}) as run_:
+                run_.log_metrics({"clips": len(clips), "changed_labels": changed})
+            print(f"relabelled {args.relabel} with {args.manifest}: {changed} labels changed -> {out}")
+            return
         if args.merge:
             shards = [(i, args.merge) for i in range(args.merge)]
             clips = merge_shards([shard_path(out, s) for s in shards], out)

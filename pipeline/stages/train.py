@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.classes import read_classes
 from pipeline.cli import load_from_args, params_parser, run
 from pipeline.errors import PipelineError
@@ -19,7 +21,8 @@ from pipeline.io import atomic_write_text
 from pipeline.loader import Normaliser
 from pipeline.sampling import weights_by_clip
 from pipeline.tracking import stage_run
-from pipeline.train import Inputs, distributed_from_env, train
+from pipeline.predictions import write_predictions
+from pipeline.train import Inputs, distributed_from_env, predict_file, train
 
 
 def relaunch_under_torchrun(devices: int, argv: list[str]) -> int:
@@ -39,10 +42,26 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, required=True, help="the run's seed (one of train.seeds)")
     parser.add_argument("--role", default="seed", choices=("seed", "teacher"), help="tag for tracking")
     parser.add_argument("--history", help="also copy history.csv here when done (a DVC plots file)")
+    parser.add_argument("--predict-features", help="after training, score this features file with best.pt "
+                        "(the teacher scores the training split for label enhancement)")
+    parser.add_argument("--predict-out", help="predictions file for --predict-features (.npz or .h5)")
     parser.add_argument("--no-progress", action="store_true")
 
     def body(args):
         params = load_from_args(args)
+        if bool(args.predict_features) != bool(args.predict_out):
+            raise PipelineError("--predict-features and --predict-out go together")
+        if args.role == "teacher" and params.labels.enhance == "none":
+            # The DAG keeps the teacher's place; with no enhancement there is nothing to train.
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "SKIPPED").write_text("labels.enhance is none: no teacher is trained\n")
+            if args.predict_out:
+                classes = read_classes(args.classes)
+                write_predictions(args.predict_out, np.zeros((0, len(classes)), np.float32), [], list(classes.mids))
+            if args.history:
+                atomic_write_text(args.history, "epoch,val_mAP\n")
+            print("labels.enhance is none: no teacher trained")
+            return
         if params.train.devices > 1 and "RANK" not in os.environ:
             code = relaunch_under_torchrun(params.train.devices, sys.argv[1:] if argv is None else argv)
             if code:
@@ -68,6 +87,8 @@ def main(argv=None):
                                  rank_report)
                 if args.history:
                     atomic_write_text(args.history, (Path(args.out) / "history.csv").read_text())
+                if args.predict_out:
+                    predict_file(params, Path(args.out) / "best.pt", args.predict_features, args.predict_out)
                 print(f"{args.role} {args.seed}: best val mAP {best['val_mAP']:.4f} at epoch {best['epoch']} "
                       f"-> {args.out}")
             else:
