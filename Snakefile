@@ -8,6 +8,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/weights.smk"
+include: "workflow/rules/enhance.smk"
 include: "workflow/rules/train.smk"
 
 

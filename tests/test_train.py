@@ -197,3 +197,19 @@ def test_ddp_two_cpu_processes_share_the_draws_and_end_identical(tiny_data, tmp_
     runs = client.search_runs([client.get_experiment_by_name("psla").experiment_id])
     assert [r.data.tags["stage"] for r in runs] == ["train"]  # one run, from rank 0
     assert len((tmp_path / "ddp" / "history.csv").read_text().splitlines()) == 3
+
+
+def test_no_teacher_is_trained_when_labels_are_not_enhanced(tiny_data, tmp_path):
+    out = run_module("pipeline.stages.train", "--params", str(TINY), "--set", f"data.root={tiny_data}",
+                     "--set", "tracking.enabled=false", "--set", "labels.enhance=none", "--role", "teacher",
+                     "--train-features", str(tiny_data / "train.h5"), "--val-features", str(tiny_data / "val.h5"),
+                     "--weights", str(tiny_data / "weights.csv"), "--stats", str(tiny_data / "stats.json"),
+                     "--classes", str(tiny_data / "classes.csv"), "--out", str(tmp_path / "teacher"), "--seed", "0",
+                     "--predict-features", str(tiny_data / "train.h5"), "--predict-out", str(tmp_path / "p.npz"),
+                     cwd=tmp_path).stdout
+    assert "no teacher trained" in out
+    assert [p.name for p in (tmp_path / "teacher").iterdir()] == ["SKIPPED"]
+    from pipeline.predictions import read_predictions
+
+    scores, clip_ids, class_ids = read_predictions(tmp_path / "p.npz")
+    assert scores.shape == (0, 17) and clip_ids == [] and len(class_ids) == 17

@@ -49,7 +49,8 @@ def test_dvc_repro_then_nothing_to_do_and_snakemake_agrees(tmp_path):
     assert all((project / "data" / e.audio).is_file() for m in manifests.values() for e in m)
     dvc_lock = yaml.safe_load((project / "dvc.lock").read_text())
     splits = ("train", "val", "eval")
-    assert set(dvc_lock["stages"]) == {"metadata", "stats", "weights", "train@1", *(f"{stage}@{s}" for stage in ("prepare", "features")
+    assert set(dvc_lock["stages"]) == {"metadata", "stats", "weights@original", "weights@enhanced", "teacher",
+                                       "enhance", "relabel", "train@1", *(f"{stage}@{s}" for stage in ("prepare", "features")
                                                                for s in splits)}
 
     again = _run([str(BIN / "dvc"), "repro"], project)
@@ -63,7 +64,8 @@ def test_dvc_repro_then_nothing_to_do_and_snakemake_agrees(tmp_path):
         with h5py.File(project / "data/features" / f"{split}.h5") as a, h5py.File(tmp_path / f"dvc-data/features/{split}.h5") as b:
             for name in ("fbank", "labels", "clip_id", "n_frames"):
                 assert (a[name][:] == b[name][:]).all()
-    assert (project / "data/weights/train.csv").read_text() == (tmp_path / "dvc-data/weights/train.csv").read_text()
+    for same in ("weights/original.csv", "weights/enhanced.csv", "manifests/train_enhanced.csv"):
+        assert (project / "data" / same).read_text() == (tmp_path / "dvc-data" / same).read_text(), same
     assert (project / "data/features/stats.json").read_text() == (tmp_path / "dvc-data/features/stats.json").read_text()
     assert (project / "logs/prepare_train.log").is_file() and (project / "logs/stats.log").is_file()
     # training ran under both; the DVC plots file is the run's history

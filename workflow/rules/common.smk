@@ -14,10 +14,21 @@ if not Path(PARAMS).is_file() or Path(PARAMS).read_text() != _resolved:
     Path(PARAMS).write_text(_resolved)
 
 
+ENHANCED = config["labels"]["enhance"] != "none"
+WEIGHTS_MANIFEST = {"original": "train.csv", "enhanced": "train_enhanced.csv"}
+
+
+def training_inputs(wildcards):
+    """The seeds train on the enhanced labels, or on the original ones when labels.enhance is none
+    (then no teacher is trained at all)."""
+    if ENHANCED:
+        return {"train": f"{ROOT}/features/train_enhanced.h5", "weights": f"{ROOT}/weights/enhanced.csv"}
+    return {"train": f"{ROOT}/features/train.h5", "weights": f"{ROOT}/weights/original.csv"}
+
+
 def all_outputs():
     return [
         *expand(f"{ROOT}/features/{{split}}.h5", split=SPLITS),
         f"{ROOT}/features/stats.json",
-        f"{ROOT}/weights/train.csv",
         *expand("plots/train/seed-{seed}.csv", seed=config["train"]["seeds"]),
     ]

@@ -1,9 +1,8 @@
 rule train:
     input:
-        train=f"{ROOT}/features/train.h5",
+        unpack(training_inputs),
         val=f"{ROOT}/features/val.h5",
         stats=f"{ROOT}/features/stats.json",
-        weights=f"{ROOT}/weights/train.csv",
         classes=rules.metadata.output.classes,
     output:
         # Not the whole run folder: Snakemake deletes a job's outputs before rerunning it, and the

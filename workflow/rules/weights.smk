@@ -1,11 +1,13 @@
 rule weights:
     input:
-        manifest=f"{ROOT}/manifests/train.csv",
+        manifest=lambda wc: f"{ROOT}/manifests/{WEIGHTS_MANIFEST[wc.labels]}",
         classes=rules.metadata.output.classes,
     output:
-        weights=f"{ROOT}/weights/train.csv",
+        weights=f"{ROOT}/weights/{{labels}}.csv",
     log:
-        "logs/weights.log",
+        "logs/weights_{labels}.log",
+    wildcard_constraints:
+        labels="original|enhanced",
     resources:
         mem_mb=2000,
         runtime=30,
