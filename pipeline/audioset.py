@@ -74,7 +74,7 @@ _PATTERNS = [
 
 
 def valid_ytid(ytid: str) -> bool:
-    return bool(YTID.match(ytid))
+    return bool(YTID.fullmatch(ytid))
 
 
 def clip_id_of(ytid: str, start: float) -> str:

@@ -160,7 +160,7 @@ def list_folder(params: Params, split: str, classes: ClassList) -> Listing:
         def reject(reason, detail, clip_id=clip_id, where=where):
             entries.append(Rejected(clip_id, where, reason, f"{where}: {detail}"))
 
-        if not CLIP_ID.match(clip_id) or not audio:
+        if not CLIP_ID.fullmatch(clip_id) or not audio:
             reject("malformed_row", f"clip_id '{clip_id}' must be 1-200 of [A-Za-z0-9_.-] and audio must be set")
             continue
         if clip_id in seen:

@@ -439,3 +439,9 @@ def test_cli_offline_stops_with_one_line(tmp_path, remote, fake_yt_dlp):
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr
     assert "cannot reach YouTube" in lines[0] and "data.audioset.source=local" in lines[0]
     assert len(fake_yt_dlp()) <= 2 * (audioset.OFFLINE_AFTER + 1)  # it gave up early
+
+
+def test_ytid_with_a_trailing_newline_is_rejected():
+    from pipeline.audioset import valid_ytid
+
+    assert valid_ytid("abcdefghijk") and not valid_ytid("abcdefghijk\n") and not valid_ytid("abc;rm -rf /x")
