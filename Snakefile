@@ -10,6 +10,7 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/weights.smk"
 include: "workflow/rules/enhance.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:

@@ -33,6 +33,8 @@ def test_every_stage_applies_set_overrides_before_anything_else(tmp_path, stage)
                 "predict": ["--checkpoint", "b.pt", "--features", "f.h5", "--out", "c.csv"],
                 "score": ["--scores", "p.npz", "--manifest", "m.csv", "--classes", "k.csv", "--out", "c.csv"],
                 "enhance": ["--manifest", "m.csv", "--classes", "k.csv", "--out", "c.csv"],
+                "average": ["--run", "r", "--out", "c.csv"],
+                "evaluate": ["--runs", "r", "--features-dir", "f", "--classes", "k.csv", "--out-dir", "c.csv"],
                 }.get(stage, [])
     (tmp_path / "params.yaml").write_text("{}\n")
     proc = run_module(module, *required, "--set", "train.lr=-1", cwd=tmp_path, check=False)

@@ -1,5 +1,6 @@
 """The DAG runs for real under DVC and Snakemake on the tiny preset, in a copy of the project."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -50,11 +51,15 @@ def test_dvc_repro_then_nothing_to_do_and_snakemake_agrees(tmp_path):
     dvc_lock = yaml.safe_load((project / "dvc.lock").read_text())
     splits = ("train", "val", "eval")
     assert set(dvc_lock["stages"]) == {"metadata", "stats", "weights@original", "weights@enhanced", "teacher",
-                                       "enhance", "relabel", "train@1", *(f"{stage}@{s}" for stage in ("prepare", "features")
+                                       "enhance", "relabel", "train@1", "average@1", "evaluate", *(f"{stage}@{s}" for stage in ("prepare", "features")
                                                                for s in splits)}
 
     again = _run([str(BIN / "dvc"), "repro"], project)
     assert "Running stage" not in again and "up to date" in again
+
+    summary = json.loads((project / "metrics/eval.json").read_text())
+    assert {"seed-1/best", "seed-1/last", "seed-1/wa", "seed-1/checkpoint-ensemble", "seed-ensemble"} <= set(summary)
+    assert "seed-1/wa" in _run([str(BIN / "dvc"), "metrics", "show"], project)
 
     # Snakemake runs the same commands into its own copy of the outputs; the manifests agree.
     shutil.move(project / "data", tmp_path / "dvc-data")
@@ -68,6 +73,7 @@ def test_dvc_repro_then_nothing_to_do_and_snakemake_agrees(tmp_path):
         assert (project / "data" / same).read_text() == (tmp_path / "dvc-data" / same).read_text(), same
     assert (project / "data/features/stats.json").read_text() == (tmp_path / "dvc-data/features/stats.json").read_text()
     assert (project / "logs/prepare_train.log").is_file() and (project / "logs/stats.log").is_file()
+    assert (project / "metrics/eval.json").is_file() and (project / "logs/evaluate.log").is_file()
     # training ran under both; the DVC plots file is the run's history
     assert (project / "models/seed-1/best.pt").is_file() and (project / "logs/train_seed-1.log").is_file()
     assert (project / "plots/train/seed-1.csv").read_text() == (project / "models/seed-1/history.csv").read_text()

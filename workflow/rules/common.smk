@@ -31,4 +31,5 @@ def all_outputs():
         *expand(f"{ROOT}/features/{{split}}.h5", split=SPLITS),
         f"{ROOT}/features/stats.json",
         *expand("plots/train/seed-{seed}.csv", seed=config["train"]["seeds"]),
+        "metrics/eval.json",
     ]
