@@ -473,17 +473,12 @@ def write_outputs(result: Evaluation, out_dir: str | Path, plots_dir: str | Path
 def find_train_runs(run, seeds: Sequence[int | None]) -> dict[int, str]:
     """MLflow run ids of the train stage's seed runs (tags stage=train, role=seed, seed=k) in the evaluate
     run's experiment: the latest finished one per seed (else the latest). Empty without tracking."""
-    store = getattr(run, "_store", None)
-    if store is None or run.run_id is None:
-        return {}
-    experiment = store.call(store.client.get_run, run.run_id).info.experiment_id
     found = {}
     for seed in seeds:
         if seed is None:
             continue
-        candidates = store.call(store.client.search_runs, [experiment],
-                                filter_string=f"tags.stage = 'train' and tags.role = 'seed' and tags.seed = '{seed}'",
-                                order_by=["attributes.start_time DESC"], max_results=20)
+        candidates = run.search_siblings(
+            f"tags.stage = 'train' and tags.role = 'seed' and tags.seed = '{int(seed)}'")
         if candidates:
             finished = [r for r in candidates if r.info.status == "FINISHED"]
             found[int(seed)] = (finished or candidates)[0].info.run_id

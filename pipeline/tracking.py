@@ -137,6 +137,12 @@ class Run:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._store.call(self._store.client.log_artifact, self.run_id, str(path), artifact_path)
 
+    def search_siblings(self, filter_string: str, max_results: int = 20) -> list:
+        """Runs of this run's experiment matching an MLflow filter, newest first."""
+        experiment = self._store.call(self._store.client.get_run, self.run_id).info.experiment_id
+        return self._store.call(self._store.client.search_runs, [experiment], filter_string=filter_string,
+                                order_by=["attributes.start_time DESC"], max_results=max_results)
+
 
 class NullRun(Run):
     """What a stage gets with `tracking.enabled: false`: every call does nothing."""
@@ -148,6 +154,7 @@ class NullRun(Run):
     def log_metrics(self, values, step=None): pass
     def set_tags(self, tags): pass
     def log_artifact(self, path, artifact_path=None): pass
+    def search_siblings(self, filter_string, max_results=20): return []
 
 
 @contextlib.contextmanager

@@ -54,6 +54,9 @@ def main(argv=None):
             s = json.loads(stats.read_text())
             print(f"normalisation ({s['source']}): mean {s['mean']:.4f}, std {s['std']:.4f}")
         print("\n".join(training_table(Path("plots/train"), params.train.seeds)))
+        evaluation = Path("metrics/summary.txt")  # written by the evaluate stage
+        if evaluation.is_file():
+            print(evaluation.read_text().rstrip())
 
     run(body, parser, argv)
 
