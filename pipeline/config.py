@@ -176,7 +176,7 @@ class Sampling(Section):
 class Augment(Section):
     freqm: Annotated[int, Field(ge=0)] = 24  # the demo's 3 s clips; the paper: 48 / 192 for 10 s
     timem: Annotated[int, Field(ge=0)] = 60
-    mixup: Probability = 0.5
+    mixup: Probability = 0.0  # the demo: 600 clips, 18 epochs underfit with mixup; the paper: 0.5
     mixup_alpha: Positive = 10.0
     mixup_domain: Literal["power", "logmel"] = "power"
 
@@ -209,12 +209,12 @@ class Model(Section):
 
 
 class Train(Section):
-    lr: Positive = 1e-3
+    lr: Positive = 3e-3
     batch_size: PositiveInt = 32
-    epochs: PositiveInt = 15
-    lr_decay_start: PositiveInt = 10
+    epochs: PositiveInt = 18
+    lr_decay_start: PositiveInt = 13
     lr_decay: Annotated[float, Field(gt=0, le=1)] = 0.5
-    lr_decay_every: PositiveInt = 5
+    lr_decay_every: PositiveInt = 2
     warmup_steps: Annotated[int, Field(ge=0)] = 40
     weight_decay: Annotated[float, Field(ge=0)] = 5e-7
     betas: tuple[Probability, Probability] = (0.95, 0.999)
@@ -229,8 +229,8 @@ class Train(Section):
 
 
 class Aggregate(Section):
-    wa_start: PositiveInt = 6
-    wa_end: PositiveInt = 15
+    wa_start: PositiveInt = 12
+    wa_end: PositiveInt = 18
     bn_batches: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")

@@ -36,6 +36,7 @@ def test_presets_hold_the_papers_recipes():
     for p in (balanced, full, fsd):
         assert (p.model.name, p.model.heads, p.train.weight_decay, p.train.betas) == ("tf_efficientnet_b2", 4, 5e-7, (0.95, 0.999))
         assert (p.augment.freqm, p.augment.timem, p.augment.mixup, p.augment.mixup_alpha) == (48, 192, 0.5, 10.0)
+        assert (p.train.lr_decay, p.train.lr_decay_every, p.train.warmup_steps) == (0.5, 5, 1000)
 
 
 def _error(tmp_path, tree, overrides=None) -> str:

@@ -26,7 +26,7 @@ def features(tmp_path):
 
 def _params(**train):
     return Params.model_validate({"train": {"batch_size": 8, "num_workers": 2, **train},
-                                  "augment": {"freqm": 4, "timem": 10}})
+                                  "augment": {"freqm": 4, "timem": 10, "mixup": 0.5}})
 
 
 def test_items_match_the_file_and_the_handle_opens_lazily_per_process(features):
