@@ -26,20 +26,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from pipeline.classes import ClassList
-from pipeline.config import Params
+from pipeline.config import Model, Params
 from pipeline.errors import PipelineError
 from pipeline.features import fbank_options
-from pipeline.io import atomic_path
-from pipeline.loader import FeatureDataset, Normaliser, device_batches, eval_loader, train_loader
+from pipeline.io import atomic_path, atomic_write_text
+from pipeline.loader import FeatureDataset, Normaliser, aligned_weights, device_batches, eval_loader, train_loader
 from pipeline.metrics import evaluate
 from pipeline.model import count_parameters, create_model, describe
 from pipeline.perf import tune_host_allocator
+from pipeline.predictions import write_predictions
 
 CLAMP = 1e-7
 CHECKPOINT_FORMAT = "psla-checkpoint-1"
@@ -102,8 +104,6 @@ def bce(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def _features_identity(path: Path, digest, with_labels: bool) -> None:
-    import h5py
-
     with h5py.File(path, "r") as handle:
         digest.update(repr(handle["fbank"].shape).encode())
         digest.update(json.dumps({k: str(v) for k, v in handle.attrs.items()}, sort_keys=True).encode())
@@ -155,8 +155,6 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def model_from_checkpoint(payload: dict) -> torch.nn.Module:
-    from pipeline.config import Model
-
     model = create_model(Model.model_validate({**payload["model_config"], "pretrained": "none"}),
                          len(payload["class_ids"]))
     model.load_state_dict(payload["model"])
@@ -181,10 +179,6 @@ def predict(model: torch.nn.Module, params: Params, features: Path, norm: Normal
 def predict_file(params: Params, checkpoint: str | Path, features: str | Path, out: str | Path,
                  progress: bool = False) -> int:
     """Score a features file with a checkpoint and write a predictions file; returns the clip count."""
-    import h5py
-
-    from pipeline.predictions import write_predictions
-
     payload = load_checkpoint(checkpoint)
     with h5py.File(features, "r") as handle:
         if json.loads(handle.attrs["class_ids"]) != payload["class_ids"]:
@@ -210,8 +204,7 @@ def write_history(path: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: row[k] for k in HISTORY_COLUMNS} for row in rows)
-    with atomic_path(path) as tmp:
-        tmp.write_text(buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue())
 
 
 def plot_history(path: Path, rows: list[dict]) -> None:
@@ -286,8 +279,6 @@ def train(params: Params, inputs: Inputs, out_dir: str | Path, seed: int, run=No
     if train_set.num_classes != len(inputs.classes):
         raise PipelineError(f"{inputs.train_features}: {train_set.num_classes} label columns but the class list has "
                             f"{len(inputs.classes)}; recompute the features with this class list")
-    from pipeline.loader import aligned_weights
-
     weights = aligned_weights(train_set, inputs.weights, "weights") if inputs.weights else None
     loader = train_loader(params, train_set, weights, seed=seed, rank=dist_info.rank,
                           world_size=dist_info.world_size, device=device)
@@ -324,7 +315,7 @@ def train(params: Params, inputs: Inputs, out_dir: str | Path, seed: int, run=No
             trained, device_ids=[device.index] if device.type == "cuda" else None)
 
     config_record = {
-        "model_config": params.model.model_dump(mode="json"), "model": None, "class_ids": list(inputs.classes.mids),
+        "model_config": params.model.model_dump(mode="json"), "class_ids": list(inputs.classes.mids),
         "class_names": list(inputs.classes.names), "fbank_options": fbank_options(params.features),
         "target_length": params.features.target_length, "norm": {"mean": inputs.norm.mean, "std": inputs.norm.std},
         "describe": describe(params.model, len(inputs.classes)),
