@@ -50,7 +50,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)  # per core
-    cfg = Features(target_length=1056)
+    cfg = Features(num_mel_bins=128, frame_shift_ms=10.0, target_length=1056)  # the paper's fbank
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         audio = write_clips(root, 50, 10.0)
@@ -76,7 +76,7 @@ def main():
                     f"from pipeline.classes import read_classes\nfrom pipeline.manifest import read_manifest\n"
                     f"from pathlib import Path\nroot = Path({str(root / 'short')!r})\n"
                     f"r = extract_features(read_manifest({str(manifest)!r}), split='m', data_root=root, "
-                    f"out=root / 'm{n}.h5', cfg=Features(target_length=100), classes=read_classes(root / 'classes.csv'), "
+                    f"out=root / 'm{n}.h5', cfg=Features(num_mel_bins=128, frame_shift_ms=10.0, target_length=100), classes=read_classes(root / 'classes.csv'), "
                     f"on_bad='fail', progress=False)\nRESULT = {{'written': r.written}}")
             rss[n], result = peak_rss_mb(code)
             assert result["written"] == n

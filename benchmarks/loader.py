@@ -65,6 +65,10 @@ class OnTheFlyDataset(Dataset):
         return (fbank - self.norm.mean) / self.norm.std, label
 
 
+PAPER_FEATURES = {"num_mel_bins": 128, "frame_shift_ms": 10.0, "target_length": 1056}
+PAPER_AUGMENT = {"freqm": 48, "timem": 192, "mixup": 0.5}
+
+
 def clips_per_second(batches, count: int, batch: int) -> float:
     iterator = iter(batches)
     next(iterator)  # workers started, first batch in: not counted
@@ -85,7 +89,7 @@ def main():
     norm = Normaliser(-4.6476, 4.5699)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        features = Params.model_validate({"features": {"target_length": 1056}}).features
+        features = Params.model_validate({"features": PAPER_FEATURES}).features
         audio = write_clips(root, args.clips, 10.0)
         entries = read_manifest(write_dataset(root, args.clips, audio))
         classes = read_classes(root / "classes.csv")
@@ -95,7 +99,7 @@ def main():
         draws = (args.batches + 1) * args.batch
 
         for workers in args.workers:
-            params = Params.model_validate({"features": {"target_length": 1056},
+            params = Params.model_validate({"features": PAPER_FEATURES, "augment": PAPER_AUGMENT,
                                             "train": {"batch_size": args.batch, "num_workers": workers}})
             ours, base = [], []
             for repeat in range(args.repeats):

@@ -69,7 +69,7 @@ def main():
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: this benchmark needs a GPU (use --device cpu for a smoke test)")
-    params = Params.model_validate({"model": {"name": args.model}, "features": {"target_length": args.frames},
+    params = Params.model_validate({"model": {"name": args.model, "pretrained": "none"}, "features": {"target_length": args.frames},
                                     "train": {"batch_size": args.batch, "num_workers": args.workers}})
     torch.manual_seed(0)
     x = torch.randn(args.batch, args.frames, 128, device=device)

@@ -34,7 +34,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     tune_host_allocator()
-    params = Params.model_validate({"model": {"name": args.model}})
+    params = Params.model_validate({"model": {"name": args.model, "pretrained": "none"}})
     torch.manual_seed(0)
     raw = (torch.randn(args.batch, args.frames, 128) * 4 - 6).half()
     labels = (torch.rand(args.batch, args.classes) < 0.02).float()

@@ -75,9 +75,8 @@ def _decode_with_pyav(path: Path) -> tuple[np.ndarray, int]:
     return wave, rate
 
 
-def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Decode a file to float32 `[channels, samples]` at its own sample rate."""
-    path = Path(path)
+def _check_file(path: Path) -> None:
+    """What is wrong before decoding: a missing or empty file, a truncated WAV."""
     if not path.is_file():
         raise AudioProblem("missing_file", f"{path}: file not found")
     if path.stat().st_size == 0:
@@ -85,6 +84,12 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     truncation = _wav_truncation(path)
     if truncation:
         raise AudioProblem("truncated", f"{path}: truncated WAV ({truncation})")
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Decode a file to float32 `[channels, samples]` at its own sample rate."""
+    path = Path(path)
+    _check_file(path)
     try:
         wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
         return np.ascontiguousarray(wave.T), rate
@@ -95,6 +100,29 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
         pass  # a format libsndfile does not know: let FFmpeg try
     wave, rate = _decode_with_pyav(path)
     return wave, rate
+
+
+def read_mono(path: str | Path, block_seconds: float = 30.0) -> tuple[np.ndarray, int, int]:
+    """Decode a file to float32 mono at its own rate, channels averaged as `downmix` does; returns
+    `(mono, rate, channels)`. What libsndfile reads is read a block at a time, so a long multichannel
+    file is never in memory whole (an hour of 44.1 kHz stereo is 1.3 GB as float32); what only
+    FFmpeg reads is decoded whole first. Problems as `read_audio`'s."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        with sf.SoundFile(str(path)) as handle:
+            rate, channels, step = handle.samplerate, handle.channels, max(1, int(block_seconds * handle.samplerate))
+            blocks = []
+            while len(block := handle.read(step, dtype="float32", always_2d=True)):
+                blocks.append(downmix(block.T))
+        return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), rate, channels
+    except sf.LibsndfileError as err:
+        if "lost sync" in str(err) or "truncated" in str(err).lower():
+            raise AudioProblem("truncated", f"{path}: truncated or damaged stream ({err})") from None
+    except (RuntimeError, TypeError, ValueError):
+        pass  # a format libsndfile does not know: let FFmpeg try
+    wave, rate = _decode_with_pyav(path)
+    return downmix(wave), rate, wave.shape[0]
 
 
 def check_wave(wave: np.ndarray, rate: int, source: str) -> None:
@@ -108,15 +136,29 @@ def check_wave(wave: np.ndarray, rate: int, source: str) -> None:
         raise AudioProblem("too_short", f"{source}: {seconds * 1000:.1f} ms of audio, shorter than one 25 ms frame")
 
 
-def to_mono_16k(wave: np.ndarray, rate: int) -> np.ndarray:
-    """Average the channels and resample (windowed-sinc, torchaudio) to 16 kHz."""
-    mono = wave.mean(axis=0, dtype=np.float64).astype(np.float32) if wave.ndim == 2 else wave.astype(np.float32)
-    if rate == SAMPLE_RATE:
+def downmix(wave: np.ndarray) -> np.ndarray:
+    """`[channels, samples]` (or `[samples]`) -> float32 mono: the mean of the channels, summed in float64."""
+    return wave.mean(axis=0, dtype=np.float64).astype(np.float32) if wave.ndim == 2 else wave.astype(np.float32)
+
+
+def resample(mono: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    """Windowed-sinc resampling (torchaudio's defaults) of a float32 mono wave."""
+    if rate == target_rate:
         return mono
     import torch
     import torchaudio.functional as AF
 
-    return AF.resample(torch.from_numpy(mono), rate, SAMPLE_RATE).numpy()
+    return AF.resample(torch.from_numpy(mono), rate, target_rate).numpy()
+
+
+def to_mono(wave: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    """Average the channels and resample (windowed-sinc, torchaudio) to `target_rate`."""
+    return resample(downmix(wave), rate, target_rate)
+
+
+def to_mono_16k(wave: np.ndarray, rate: int) -> np.ndarray:
+    """Average the channels and resample (windowed-sinc, torchaudio) to 16 kHz."""
+    return to_mono(wave, rate, SAMPLE_RATE)
 
 
 def write_flac(path: str | Path, mono: np.ndarray) -> None:

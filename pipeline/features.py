@@ -9,6 +9,7 @@ Shards are separate files that `merge_shards` stitches through HDF5 virtual data
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -40,17 +41,24 @@ def fbank_options(cfg: Features) -> dict:
             "frame_shift": cfg.frame_shift_ms, "frame_length": cfg.frame_length_ms}
 
 
-def compute_fbank(wave: np.ndarray, cfg: Features) -> tuple[np.ndarray, int]:
-    """16 kHz mono wave -> (fbank padded with zeros or cut to target_length, real frame count)."""
+def fbank_from_options(wave: np.ndarray, options: dict, target_length: int) -> tuple[np.ndarray, int]:
+    """Mono wave at options["sample_frequency"] -> (fbank padded with zeros or cut to target_length,
+    real frame count). The one fbank of the pipeline: the features stage passes the params' options,
+    tagging the options a checkpoint recorded, so both compute the same numbers."""
     tensor = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]
-    fbank = kaldi.fbank(tensor - tensor.mean(), **fbank_options(cfg))
+    fbank = kaldi.fbank(tensor - tensor.mean(), **options)
     frames = fbank.shape[0]
     if frames == 0:
         raise AudioProblem("too_short", "audio is shorter than one analysis frame")
-    out = np.zeros((cfg.target_length, cfg.num_mel_bins), np.float32)
-    kept = min(frames, cfg.target_length)
+    out = np.zeros((target_length, fbank.shape[1]), np.float32)
+    kept = min(frames, target_length)
     out[:kept] = fbank[:kept].numpy()
     return out, kept
+
+
+def compute_fbank(wave: np.ndarray, cfg: Features) -> tuple[np.ndarray, int]:
+    """16 kHz mono wave -> (fbank padded with zeros or cut to target_length, real frame count)."""
+    return fbank_from_options(wave, fbank_options(cfg), cfg.target_length)
 
 
 def _create(handle: h5py.File, n: int, cfg: Features, classes: ClassList) -> None:
@@ -67,6 +75,10 @@ def _create(handle: h5py.File, n: int, cfg: Features, classes: ClassList) -> Non
     handle.attrs["class_ids"] = json.dumps(list(classes.mids))
 
 
+# blake2b of every written clip's id, float16 fbank and labels, in row order.
+CONTENT_DIGEST = "content_digest"
+
+
 def extract_features(entries: list[Entry], *, split: str, data_root: str | Path, out: str | Path, cfg: Features,
                      classes: ClassList, on_bad: str, shard: tuple[int, int] = (0, 1),
                      progress: bool = True) -> StageReport:
@@ -76,6 +88,7 @@ def extract_features(entries: list[Entry], *, split: str, data_root: str | Path,
     report = StageReport(split, shard=f"{shard[0]}/{shard[1]}", requested=len(block))
     column = classes.index_of()
     remove_stale_temporaries(Path(out).parent, {Path(out).name})
+    content = hashlib.blake2b(digest_size=16)
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as handle:
         _create(handle, len(block), cfg, classes)
         bar = tqdm(block, desc=f"features {split} {report.shard}", unit="clip", disable=not progress, mininterval=1.0)
@@ -107,9 +120,12 @@ def extract_features(entries: list[Entry], *, split: str, data_root: str | Path,
             onehot[[column[label] for label in entry.labels]] = 1
             handle["labels"][row] = onehot
             report.written += 1
+            for part in (entry.clip_id.encode(), fbank.astype(np.float16).tobytes(), onehot.tobytes()):
+                content.update(part)
         bar.close()
         for name in DATASETS:
             handle[name].resize(report.written, axis=0)
+        handle.attrs[CONTENT_DIGEST] = content.hexdigest()
     report.seconds = round(time.monotonic() - started, 3)
     return report.check()
 
@@ -124,12 +140,14 @@ def merge_shards(paths: list[Path], out: str | Path) -> int:
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise PipelineError(f"{missing[0]}: shard file missing; run the features stage for that shard first")
-    sizes, attrs, specs = [], None, {}
+    sizes, attrs, specs, digests = [], None, {}, []
     for path in paths:
         with h5py.File(path, "r") as part:
             sizes.append(part["fbank"].shape[0])
-            attrs = attrs or dict(part.attrs)
-            if dict(part.attrs) != attrs:
+            options = {k: v for k, v in part.attrs.items() if k != CONTENT_DIGEST}
+            digests.append(str(part.attrs.get(CONTENT_DIGEST, "")))
+            attrs = attrs or options
+            if options != attrs:
                 raise PipelineError(f"{path}: feature options differ from the other shards; recompute all shards")
             for name in DATASETS:
                 specs[name] = (part[name].shape[1:], part[name].dtype)
@@ -147,6 +165,9 @@ def merge_shards(paths: list[Path], out: str | Path) -> int:
                     start += size
                 handle.create_virtual_dataset(name, layout, fillvalue=None)
             handle.attrs.update(attrs)
+            # The shards' digests make the merged file's bytes follow their contents, so that DVC
+            # reruns what reads it when a shard changes (its virtual datasets alone would not change).
+            handle.attrs[CONTENT_DIGEST] = json.dumps(digests)
     return total
 
 

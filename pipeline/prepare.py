@@ -81,7 +81,7 @@ def merge_shards(manifest_path: str | Path, report_path: str | Path, count: int)
     """Concatenate the shard manifests and sum the shard reports, in shard order."""
     manifest, reports = [], []
     for index in range(count):
-        shard_manifest, shard_report = shard_path(manifest_path, (index, count)), shard_path(report_path, (index, count))
+        shard_manifest, shard_report = shard_path(manifest_path, index), shard_path(report_path, index)
         if not shard_manifest.is_file() or not shard_report.is_file():
             raise PipelineError(f"{shard_manifest}: shard {index}/{count} is missing; run prepare --shard {index}/{count} first")
         manifest += read_manifest(shard_manifest)

@@ -90,3 +90,25 @@ def test_write_flac_is_atomic_and_leaves_no_temporary(tmp_path):
     out = tmp_path / "a.flac"
     write_flac(out, np.zeros(1600, np.float32))
     assert [p.name for p in tmp_path.iterdir()] == ["a.flac"]
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac", ".ogg", ".m4a"])
+def test_read_mono_block_by_block_equals_read_audio_then_downmix(tmp_path, suffix):
+    from pipeline.audio import downmix, read_mono
+
+    path = write_encoded(tmp_path / f"x{suffix}", tone(2.3, 22050, channels=2), 22050)
+    wave, rate = read_audio(path)
+    mono, mono_rate, channels = read_mono(path, block_seconds=0.25)  # blocks that do not divide the length
+    assert (mono_rate, channels) == (rate, 2) and mono.dtype == np.float32
+    assert np.array_equal(mono, downmix(wave))
+
+
+def test_read_mono_reports_the_problems_read_audio_reports(tmp_path):
+    from pipeline.audio import read_mono
+
+    (tmp_path / "corrupt.wav").write_bytes(b"this is not audio at all" * 50)
+    (tmp_path / "empty.flac").write_bytes(b"")
+    full = write_encoded(tmp_path / "full.flac", np.random.default_rng(0).normal(0, 0.1, 32000), 16000).read_bytes()
+    (tmp_path / "cut.flac").write_bytes(full[: len(full) // 2])
+    for name in ("none.wav", "corrupt.wav", "empty.flac", "cut.flac"):
+        assert _problem(read_mono, tmp_path / name) == _problem(read_audio, tmp_path / name)

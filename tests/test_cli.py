@@ -45,7 +45,7 @@ def test_every_stage_applies_set_overrides_before_anything_else(tmp_path, stage)
 
 def test_prepare_help_documents_its_arguments(tmp_path):
     out = run_module("pipeline.stages.prepare", "--help", cwd=tmp_path).stdout
-    for flag in ("--split", "--classes", "--audio-dir", "--manifest", "--report", "--shard I/N", "--merge N"):
+    for flag in ("--split", "--classes", "--audio-dir", "--manifest", "--report", "--shard I[/N]", "--merge [N]"):
         assert flag in out
 
 
@@ -62,4 +62,8 @@ def test_set_changes_what_a_stage_does(tmp_path, tiny_params):
 def test_bad_shard_argument(tmp_path):
     proc = run_module("pipeline.stages.prepare", "--split", "train", "--classes", "c.csv", "--shard", "4/4",
                       cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "need 0 <= i < n" in proc.stderr
+    assert proc.returncode == 2 and "need 0 <= I < N" in proc.stderr
+    (tmp_path / "params.yaml").write_text("data: {shards: [0, 1]}\n")
+    proc = run_module("pipeline.stages.prepare", "--split", "train", "--classes", "c.csv", "--shard", "2",
+                      cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --shard 2: data.shards has 2 shard(s), numbered 0..1"

@@ -118,3 +118,13 @@ def test_digest_follows_params():
     changed = Params()
     changed.train.lr = 0.1234
     assert changed.digest() != Params().digest()
+
+
+def test_shards_are_numbered_and_a_count_is_accepted(tmp_path):
+    write_params(tmp_path / "params.yaml", {})
+    assert load_params(tmp_path / "params.yaml", ["data.shards=4"]).data.shards == [0, 1, 2, 3]
+    assert load_params(tmp_path / "params.yaml", ["data.shards=[0, 1]"]).data.shards == [0, 1]
+    for bad in ("data.shards=[1, 2]", "data.shards=[0, 0]", "data.shards=[]", "data.shards=0"):
+        with pytest.raises(ParamsError) as err:
+            load_params(tmp_path / "params.yaml", [bad])
+        assert "data.shards" in str(err.value) and "\n" not in str(err.value)

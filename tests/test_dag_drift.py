@@ -10,7 +10,8 @@ import pytest
 
 from tests.test_workflows import BIN, _project_copy
 
-WILDCARD = {"prepare": "split", "features": "split", "weights": "labels", "train": "seed", "average": "seed"}
+WILDCARD = {"prepare": ("split", "shard"), "features": ("split", "shard"), "prepare_merge": ("split",),
+            "features_merge": ("split",), "weights": ("labels",), "train": ("seed",), "average": ("seed",)}
 
 
 def _arguments(command: str) -> tuple[str, dict]:
@@ -41,7 +42,8 @@ def _snakemake_jobs(project: Path) -> dict:
         rule = head.group(1)
         wildcards = dict(re.findall(r"(\w+)=([^,\s]+)", (re.search(r"wildcards: (.+)", block) or [None, ""])[1]))
         outputs = output.group(1).split(", ")
-        name = f"{rule}@{wildcards[WILDCARD[rule]]}" if rule in WILDCARD else rule
+        # DVC names a foreach stage `stage@value`, a matrix stage `stage@value1-value2`
+        name = f"{rule}@{'-'.join(wildcards[w] for w in WILDCARD[rule])}" if rule in WILDCARD else rule
         jobs[name] = (shell.group(1), outputs)
     return jobs
 

@@ -11,13 +11,13 @@ import torchaudio.compliance.kaldi as kaldi
 from pipeline.classes import ClassList
 from pipeline.config import Features
 from pipeline.errors import PipelineError
-from pipeline.features import extract_features, merge_shards, normalisation_stats, relabel
+from pipeline.features import CONTENT_DIGEST, extract_features, merge_shards, normalisation_stats, relabel
 from pipeline.manifest import Entry, write_manifest
 from pipeline.shards import shard_path
 from tests.conftest import run_module, tone
 
 CLASSES = ClassList(("/m/a", "/m/b", "/m/c"), ("A", "B", "C"))
-CFG = Features(target_length=400)
+CFG = Features(num_mel_bins=128, frame_shift_ms=10.0, target_length=400)  # the paper's fbank
 
 
 def _clip(root, name, seconds, seed=0):
@@ -85,18 +85,40 @@ def test_shards_merge_into_virtual_datasets_identical_to_one_file(tmp_path, clip
                      progress=False)
     out = tmp_path / "parts" / "t.h5"
     for i in range(3):
-        extract_features(clips, split="t", data_root=tmp_path, out=shard_path(out, (i, 3)), cfg=CFG,
+        extract_features(clips, split="t", data_root=tmp_path, out=shard_path(out, i), cfg=CFG,
                          classes=CLASSES, on_bad="fail", shard=(i, 3), progress=False)
-    assert merge_shards([shard_path(out, (i, 3)) for i in range(3)], out) == 7
+    assert merge_shards([shard_path(out, i) for i in range(3)], out) == 7
     assert out.stat().st_size < 50_000  # virtual: nothing copied
     os.chdir(tmp_path / "audio")  # relative sources resolve against the merged file's folder
     with h5py.File(whole, "r") as a, h5py.File(out, "r") as b:
         assert b["fbank"].is_virtual
         for name in ("fbank", "n_frames", "clip_id", "labels"):
             np.testing.assert_array_equal(a[name][:], b[name][:])
-        assert dict(a.attrs) == dict(b.attrs)
+        options = {k: v for k, v in a.attrs.items() if k != CONTENT_DIGEST}
+        assert options == {k: v for k, v in b.attrs.items() if k != CONTENT_DIGEST}
+        digests = []
+        for i in range(3):
+            with h5py.File(shard_path(out, i), "r") as part:
+                digests.append(part.attrs[CONTENT_DIGEST])
+        assert json.loads(b.attrs[CONTENT_DIGEST]) == digests and len(set(digests + [a.attrs[CONTENT_DIGEST]])) == 4
     with pytest.raises(PipelineError, match="shard file missing"):
-        merge_shards([shard_path(out, (i, 4)) for i in range(4)], tmp_path / "x.h5")
+        merge_shards([shard_path(out, i) for i in range(4)], tmp_path / "x.h5")
+
+
+def test_the_content_digest_follows_the_fbanks(tmp_path, clips):
+    """A merged file's bytes must change when a shard's fbanks do, or DVC would not rerun its readers."""
+    first, second = tmp_path / "a.h5", tmp_path / "b.h5"
+    extract_features(clips, split="t", data_root=tmp_path, out=first, cfg=CFG, classes=CLASSES, on_bad="fail",
+                     progress=False)
+    extract_features(clips, split="t", data_root=tmp_path, out=second, cfg=CFG,
+                     classes=CLASSES, on_bad="fail", progress=False)
+    wave, rate = sf.read(str(tmp_path / clips[0].audio), dtype="float32")
+    sf.write(str(tmp_path / clips[0].audio), wave * 0.5, rate)
+    third = tmp_path / "c.h5"
+    extract_features(clips, split="t", data_root=tmp_path, out=third, cfg=CFG, classes=CLASSES, on_bad="fail",
+                     progress=False)
+    with h5py.File(first, "r") as a, h5py.File(second, "r") as b, h5py.File(third, "r") as c:
+        assert a.attrs[CONTENT_DIGEST] == b.attrs[CONTENT_DIGEST] != c.attrs[CONTENT_DIGEST]
 
 
 def test_normalisation_stats_use_real_frames_only(tmp_path, clips):
@@ -129,7 +151,7 @@ def test_features_and_stats_stages_through_their_clis(tmp_path, clips):
                    cwd=tmp_path)
     out = run_module("pipeline.stages.features", "--manifest", str(data / "train.csv"), "--classes",
                      str(data / "classes.csv"), "--out", str(data / "train.h5"), "--report", str(data / "r.json"),
-                     "--merge", "2", *common, cwd=tmp_path).stdout
+                     "--merge", *common, "--set", "data.shards=2", cwd=tmp_path).stdout
     assert "requested 3, written 3, skipped 0" in out
     assert json.loads((data / "r.json").read_text())["written"] == 3
     run_module("pipeline.stages.stats", "--features", str(data / "train.h5"), "--out", str(data / "s.json"), *common,

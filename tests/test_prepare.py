@@ -80,9 +80,9 @@ def test_sharded_prepare_merges_to_the_unsharded_result(tmp_path, tiny_params):
     for i in range(3):
         _prepare(tmp_path, tiny_params, "train", "--shard", f"{i}/3", "--audio-dir", str(parts / "audio"),
                  "--manifest", str(parts / "train.csv"), "--report", str(parts / "train.json"))
-    assert sorted(p.name for p in parts.glob("train.shard-*")) == sorted(
-        f"train.shard-{i}-of-3.{ext}" for i in range(3) for ext in ("csv", "json"))
-    _prepare(tmp_path, tiny_params, "train", "--merge", "3", "--manifest", str(parts / "train.csv"),
+    assert sorted(str(p.relative_to(parts)) for p in parts.glob("train.shards/*")) == sorted(
+        f"train.shards/{i}.{ext}" for i in range(3) for ext in ("csv", "json"))
+    _prepare(tmp_path, tiny_params, "train", "--merge", "--set", "data.shards=[0, 1, 2]", "--manifest", str(parts / "train.csv"),
              "--report", str(parts / "train.json"))
     merged, single = read_manifest(parts / "train.csv"), read_manifest(whole / "train.csv")
     assert [(e.clip_id, e.labels) for e in merged] == [(e.clip_id, e.labels) for e in single]
@@ -97,7 +97,7 @@ def test_sharded_prepare_merges_to_the_unsharded_result(tmp_path, tiny_params):
 
 def test_merge_with_a_missing_shard_is_a_one_line_error(tmp_path, tiny_params):
     _metadata(tmp_path, tiny_params)
-    _prepare(tmp_path, tiny_params, "val", "--shard", "0/2")
+    _prepare(tmp_path, tiny_params, "val", "--shard", "0", "--set", "data.shards=2")
     proc = _prepare(tmp_path, tiny_params, "val", "--merge", "2", check=False)
     assert proc.returncode == 2 and "shard 1/2 is missing" in proc.stderr and "Traceback" not in proc.stderr
 

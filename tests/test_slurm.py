@@ -153,7 +153,9 @@ def test_snakemake_profile_slurm_runs_every_job_through_sbatch_and_matches_a_loc
     assert len(submitted) == len(re.findall(r"^rule \w+:", out, flags=re.M)), out[-3000:]
     assert len({slurm_id for _, slurm_id, _ in submitted}) == len(submitted)
     assert "localrule all:" in out and re.search(r"^localrule (?!all:)", out, flags=re.M) is None
-    assert [len(by_rule[r]) for r in ("prepare", "features", "weights", "train")] == [3, 3, 2, 1]
+    # the tiny preset: two shards per split for prepare and features, one merge job per split
+    assert [len(by_rule[r]) for r in ("prepare", "prepare_merge", "features", "features_merge", "weights", "train")] \
+        == [6, 3, 6, 3, 2, 1]
     for rule, ids in by_rule.items():
         for slurm_id in ids:
             job = _slurm_job(slurm_id)

@@ -18,13 +18,16 @@ from tests.conftest import REPO
 BIN = Path(sys.executable).parent
 
 
+RESULTS = {"data", "metrics", "plots", "reports", "models", "tmp"}  # what a run writes (some of it committed)
+
+
 def _project_copy(tmp_path: Path) -> Path:
     """The tracked files of the project in a fresh git repository, params.yaml = the tiny preset."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split()
     project = tmp_path / "project"
     for name in files:
-        if (REPO / name).is_file() and name != "dvc.lock":  # a fresh project: nothing run yet
+        if (REPO / name).is_file() and name != "dvc.lock" and name.split("/")[0] not in RESULTS:  # nothing run yet
             (project / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, project / name)
     params = load_params(REPO / "presets" / "tiny.yaml", ["tracking.enabled=false"])
@@ -44,15 +47,21 @@ def _run(cmd: list[str], cwd: Path) -> str:
 def test_dvc_repro_then_nothing_to_do_and_snakemake_agrees(tmp_path):
     project = _project_copy(tmp_path)
     out = _run([str(BIN / "dvc"), "repro"], project)
-    assert "Running stage 'prepare@train'" in out
+    assert "Running stage 'prepare@train-1'" in out  # the tiny preset: two shards per split
     manifests = {s: read_manifest(project / "data/manifests" / f"{s}.csv") for s in ("train", "val", "eval")}
     assert [len(m) for m in manifests.values()] == [24, 8, 8]
     assert all((project / "data" / e.audio).is_file() for m in manifests.values() for e in m)
     dvc_lock = yaml.safe_load((project / "dvc.lock").read_text())
     splits = ("train", "val", "eval")
-    assert set(dvc_lock["stages"]) == {"metadata", "stats", "weights@original", "weights@enhanced", "teacher",
-                                       "enhance", "relabel", "train@1", "average@1", "evaluate", *(f"{stage}@{s}" for stage in ("prepare", "features")
-                                                               for s in splits)}
+    assert set(dvc_lock["stages"]) == {
+        "metadata", "stats", "weights@original", "weights@enhanced", "teacher", "enhance", "relabel", "train@1",
+        "average@1", "evaluate", *(f"{stage}@{s}-{i}" for stage in ("prepare", "features") for s in splits for i in (0, 1)),
+        *(f"{stage}_merge@{s}" for stage in ("prepare", "features") for s in splits)}
+    for split in splits:  # each shard did its part, and the merged file reads through to them
+        halves = [json.loads((project / f"data/reports/features_{split}.shards/{i}.json").read_text()) for i in (0, 1)]
+        assert [h["written"] for h in halves] == [len(manifests[split]) // 2] * 2
+        with h5py.File(project / f"data/features/{split}.h5") as merged:
+            assert merged["fbank"].is_virtual and merged["fbank"].shape[0] == len(manifests[split])
 
     again = _run([str(BIN / "dvc"), "repro"], project)
     assert "Running stage" not in again and "up to date" in again
@@ -72,7 +81,8 @@ def test_dvc_repro_then_nothing_to_do_and_snakemake_agrees(tmp_path):
     for same in ("weights/original.csv", "weights/enhanced.csv", "manifests/train_enhanced.csv"):
         assert (project / "data" / same).read_text() == (tmp_path / "dvc-data" / same).read_text(), same
     assert (project / "data/features/stats.json").read_text() == (tmp_path / "dvc-data/features/stats.json").read_text()
-    assert (project / "logs/prepare_train.log").is_file() and (project / "logs/stats.log").is_file()
+    assert all((project / f"logs/{stage}_train.shard-{i}.log").is_file() for stage in ("prepare", "features") for i in (0, 1))
+    assert (project / "logs/prepare_merge_train.log").is_file() and (project / "logs/stats.log").is_file()
     assert (project / "metrics/eval.json").is_file() and (project / "logs/evaluate.log").is_file()
     # training ran under both; the DVC plots file is the run's history
     assert (project / "models/seed-1/best.pt").is_file() and (project / "logs/train_seed-1.log").is_file()

@@ -2,8 +2,10 @@
 
     python -m pipeline.stages.features --manifest data/manifests/train.csv --classes data/classes.csv \
         --out data/features/train.h5 --report data/reports/features_train.json
-    ... --shard 0/4   writes train.shard-0-of-4.h5 (and its report)
-    ... --merge 4     stitches the four shard files into train.h5 through HDF5 virtual datasets
+    ... --manifest data/manifests/train.shard-0.csv --out data/features/train.shard-0.h5
+                      one prepare shard's clips (the DAGs' way: features shard i = prepare shard i)
+    ... --shard 0/4   or a block of the whole manifest: writes train.shard-0.h5 (and its report)
+    ... --merge       stitches the len(data.shards) shard files into train.h5 through HDF5 virtual datasets
     ... --relabel data/features/train.h5 --manifest data/manifests/train_enhanced.csv --out .../train_enhanced.h5
                       the same fbanks with the manifest's (enhanced) labels
 """
@@ -11,12 +13,13 @@
 from pathlib import Path
 
 from pipeline.classes import read_classes
+from pipeline.errors import PipelineError
 from pipeline.cli import load_from_args, params_parser, run
 from pipeline.features import extract_features, merge_shards, relabel
 from pipeline.io import atomic_write_json
 from pipeline.manifest import read_manifest
 from pipeline.report import StageReport
-from pipeline.shards import add_shard_arguments, shard_path
+from pipeline.shards import add_shard_arguments, resolve_merge, resolve_shard, shard_path, unsharded_stem
 from pipeline.tracking import stage_run
 
 
@@ -33,7 +36,7 @@ def main(argv=None):
 
     def body(args):
         params = load_from_args(args)
-        split = Path(args.manifest).stem
+        split = unsharded_stem(args.manifest)
         out, report_path = Path(args.out), Path(args.report)
         if args.relabel:
             clips = read_manifest(args.manifest)
@@ -44,18 +47,21 @@ def main(argv=None):
                 run_.log_metrics({"clips": len(clips), "changed_labels": changed})
             print(f"relabelled {args.relabel} with {args.manifest}: {changed} labels changed -> {out}")
             return
-        if args.merge:
-            shards = [(i, args.merge) for i in range(args.merge)]
-            clips = merge_shards([shard_path(out, s) for s in shards], out)
-            report = StageReport.merged([StageReport.read(shard_path(report_path, s)) for s in shards])
-            assert clips == report.written
+        shard, merge = resolve_shard(args.shard, params.data.shards), resolve_merge(args.merge, params.data.shards)
+        if merge:
+            clips = merge_shards([shard_path(out, i) for i in range(merge)], out)
+            report = StageReport.merged([StageReport.read(shard_path(report_path, i)) for i in range(merge)])
+            listed = len(read_manifest(args.manifest))
+            if (clips, listed) != (report.written, report.requested):
+                raise PipelineError(f"{out}: the {merge} shards hold {clips} clips and requested {report.requested}, "
+                                    f"but {args.manifest} lists {listed}; rerun the features shards of this manifest")
         else:
-            if args.shard:
-                out, report_path = shard_path(out, args.shard), shard_path(report_path, args.shard)
+            if shard:
+                out, report_path = shard_path(out, shard[0]), shard_path(report_path, shard[0])
             report = extract_features(
                 read_manifest(args.manifest), split=split, data_root=params.data.root, out=out,
                 cfg=params.features, classes=read_classes(args.classes), on_bad=params.data.on_bad,
-                shard=args.shard or (0, 1), progress=not args.no_progress)
+                shard=shard or (0, 1), progress=not args.no_progress)
         report.write(report_path)
         with stage_run(params, "features", {"split": split, "shard": report.shard}) as run_:
             run_.log_metrics({"requested": report.requested, "written": report.written, "skipped": report.skipped,

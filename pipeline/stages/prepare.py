@@ -2,8 +2,8 @@
 
     python -m pipeline.stages.prepare --split train --classes data/classes.csv \
         --audio-dir data/audio/train --manifest data/manifests/train.csv --report data/reports/prepare_train.json
-    ... --shard 0/4     one shard of four (writes train.shard-0-of-4.csv and its report)
-    ... --merge 4       stitch the four shard manifests and reports into train.csv and its report
+    ... --shard 0       one shard of len(data.shards) (writes train.shard-0.csv and its report); 0/4 states the count
+    ... --merge         stitch the shard manifests and reports into train.csv and its report
 """
 
 from pathlib import Path
@@ -12,7 +12,7 @@ from pipeline.classes import read_classes
 from pipeline.cli import load_from_args, params_parser, run
 from pipeline.datasets import list_split
 from pipeline.prepare import merge_shards, prepare_split, write_outputs
-from pipeline.shards import add_shard_arguments, shard_path
+from pipeline.shards import add_shard_arguments, resolve_merge, resolve_shard, shard_path
 from pipeline.tracking import stage_run
 
 
@@ -31,15 +31,16 @@ def main(argv=None):
         root = Path(params.data.root)
         manifest_path = Path(args.manifest or root / "manifests" / f"{args.split}.csv")
         report_path = Path(args.report or root / "reports" / f"prepare_{args.split}.json")
-        if args.merge:
-            manifest, report = merge_shards(manifest_path, report_path, args.merge)
+        shard, merge = resolve_shard(args.shard, params.data.shards), resolve_merge(args.merge, params.data.shards)
+        if merge:
+            manifest, report = merge_shards(manifest_path, report_path, merge)
         else:
             listing = list_split(params, args.split, read_classes(args.classes))
             manifest, report = prepare_split(
                 listing, dataset=params.data.dataset, audio_dir=args.audio_dir or root / "audio" / args.split,
-                root=root, on_bad=params.data.on_bad, shard=args.shard or (0, 1), progress=not args.no_progress)
-            if args.shard:
-                manifest_path, report_path = shard_path(manifest_path, args.shard), shard_path(report_path, args.shard)
+                root=root, on_bad=params.data.on_bad, shard=shard or (0, 1), progress=not args.no_progress)
+            if shard:
+                manifest_path, report_path = shard_path(manifest_path, shard[0]), shard_path(report_path, shard[0])
         write_outputs(manifest, report, manifest_path, report_path)
         with stage_run(params, "prepare", {"split": args.split, "shard": report.shard}) as run_:
             run_.log_metrics({"requested": report.requested, "written": report.written,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 ROOT = config["data"]["root"]
 SPLITS = config["data"]["splits"]
+SHARDS = config["data"]["shards"]
 PARAMS = ".snakemake/psla-params.yaml"
 
 Path(PARAMS).parent.mkdir(exist_ok=True)

@@ -12,21 +12,47 @@ rule metadata:
         " --classes {output.classes} --ontology {output.ontology} > {log} 2>&1"
 
 
+# One job per shard of a split (a job array on SLURM), then one merge job per split.
 rule prepare:
     input:
         classes=rules.metadata.output.classes,
     output:
-        audio=directory(f"{ROOT}/audio/{{split}}"),
+        audio=directory(f"{ROOT}/audio/{{split}}/shard-{{shard}}"),
+        manifest=f"{ROOT}/manifests/{{split}}.shards/{{shard}}.csv",
+        report=f"{ROOT}/reports/prepare_{{split}}.shards/{{shard}}.json",
+    params:
         manifest=f"{ROOT}/manifests/{{split}}.csv",
         report=f"{ROOT}/reports/prepare_{{split}}.json",
     log:
-        "logs/prepare_{split}.log",
+        "logs/prepare_{split}.shard-{shard}.log",
     wildcard_constraints:
         split="|".join(SPLITS),
+        shard=r"\d+",
     threads: 1
     resources:
         mem_mb=4000,
         runtime=240,
     shell:
-        "python -m pipeline.stages.prepare --params {PARAMS} --split {wildcards.split} --classes {input.classes}"
-        " --audio-dir {output.audio} --manifest {output.manifest} --report {output.report} --no-progress > {log} 2>&1"
+        "python -m pipeline.stages.prepare --params {PARAMS} --split {wildcards.split} --shard {wildcards.shard}"
+        " --classes {input.classes} --audio-dir {output.audio} --manifest {params.manifest}"
+        " --report {params.report} --no-progress > {log} 2>&1"
+
+
+rule prepare_merge:
+    input:
+        classes=rules.metadata.output.classes,
+        manifests=expand(f"{ROOT}/manifests/{{{{split}}}}.shards/{{shard}}.csv", shard=SHARDS),
+        reports=expand(f"{ROOT}/reports/prepare_{{{{split}}}}.shards/{{shard}}.json", shard=SHARDS),
+    output:
+        manifest=f"{ROOT}/manifests/{{split}}.csv",
+        report=f"{ROOT}/reports/prepare_{{split}}.json",
+    log:
+        "logs/prepare_merge_{split}.log",
+    wildcard_constraints:
+        split="|".join(SPLITS),
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m pipeline.stages.prepare --params {PARAMS} --split {wildcards.split} --merge"
+        " --classes {input.classes} --manifest {output.manifest} --report {output.report} > {log} 2>&1"

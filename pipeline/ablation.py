@@ -1,0 +1,349 @@
+"""The paper's ablation, on any params file: the full recipe, then one variant per technique switched
+off, each a DVC experiment (`dvc exp run --queue`, run by `dvc queue start`), with every seed of
+`train.seeds`. Unchanged stages (prepare, features, the teacher where the labels stay enhanced, ...)
+come from DVC's run cache, so a variant costs only what it changes.
+
+    python -m pipeline.ablation [--variants no_mixup no_specaugment] [--jobs 1] [--out-dir reports]
+
+Each variant's eval mAP is its weight-averaged models' mAP on the eval split, mean and spread over the
+seeds; weight averaging and the seed ensemble are read off the full recipe's evaluation (its best
+checkpoints vs its WA models, its WA models vs their ensemble). Writes `ablation.csv`, `ablation.md` and
+`ablation.png` and logs one MLflow parent run with a child run per variant.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from pipeline.config import Params
+from pipeline.errors import PipelineError
+from pipeline.io import atomic_path, atomic_write_text
+
+SPLIT = "eval"
+
+
+@dataclass(frozen=True)
+class Technique:
+    label: str
+    switch_off: Callable[[Params], list[str]]  # `-S` overrides; [] when the recipe already has it off
+
+
+def _no_pretraining(p: Params) -> list[str]:
+    return ["model.pretrained=none"] if p.model.pretrained.lower() != "none" else []
+
+
+def _no_balanced(p: Params) -> list[str]:
+    return ["sampling.balanced=false"] if p.sampling.balanced else []
+
+
+def _no_specaugment(p: Params) -> list[str]:
+    return ["augment.freqm=0", "augment.timem=0"] if (p.augment.freqm or p.augment.timem) else []
+
+
+def _no_mixup(p: Params) -> list[str]:
+    return ["augment.mixup=0.0"] if p.augment.mixup > 0 else []
+
+
+def _no_enhancement(p: Params) -> list[str]:
+    return ["labels.enhance=none"] if p.labels.enhance != "none" else []
+
+
+TECHNIQUES = {
+    "no_pretraining": Technique("ImageNet pretraining", _no_pretraining),
+    "no_balanced_sampling": Technique("balanced sampling", _no_balanced),
+    "no_specaugment": Technique("SpecAugment", _no_specaugment),
+    "no_mixup": Technique("mixup", _no_mixup),
+    "no_label_enhancement": Technique("label enhancement", _no_enhancement),
+}
+FULL = "full"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,60}")
+
+
+@dataclass
+class Row:
+    variant: str
+    technique: str
+    overrides: list[str]
+    per_seed: dict[int, float] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.per_seed.values()) if self.per_seed else None
+
+    @property
+    def spread(self) -> float | None:
+        return statistics.stdev(self.per_seed.values()) if len(self.per_seed) > 1 else None
+
+
+# ----------------------------------------------------------------------------------------------
+# DVC experiments
+
+
+def _dvc(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        tail = " ".join((proc.stderr or proc.stdout).split())[-300:]
+        raise PipelineError(f"dvc {' '.join(args[:3])} failed in {cwd}: {tail}")
+    return proc.stdout
+
+
+def queue_experiments(project: Path, prefix: str, variants: dict[str, list[str]]) -> dict[str, str]:
+    """One queued DVC experiment per variant; returns variant -> experiment name."""
+    names = {}
+    for variant, overrides in variants.items():
+        name = f"{prefix}-{variant}".replace("_", "-")
+        args = ["exp", "run", "--queue", "--name", name]
+        for override in overrides:
+            args += ["-S", override]
+        _dvc(args, project)
+        names[variant] = name
+    return names
+
+
+def _queue_states(project: Path) -> dict[str, str]:
+    """Experiment name -> Queued | Running | Success | Failed (from `dvc queue status`)."""
+    states = {}
+    for line in _dvc(["queue", "status"], project).splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 3 and parts[-1] in ("Queued", "Running", "Success", "Failed"):
+            states[parts[1]] = parts[-1]
+    return states
+
+
+def run_queue(project: Path, names: list[str], jobs: int, env: dict[str, str], poll_s: float = 5.0,
+              progress: bool = True) -> None:
+    """Start DVC's queue workers and wait until every named experiment has finished."""
+    # The workers outlive `dvc queue start`: no pipes to them, or this call would wait for them to exit.
+    subprocess.run(["dvc", "queue", "start", "--jobs", str(jobs)], cwd=project, env=env, check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started, shown = time.monotonic(), None
+    while True:
+        states = _queue_states(project)
+        mine = {n: states.get(n, "Queued") for n in names}
+        done = [n for n, s in mine.items() if s in ("Success", "Failed")]
+        line = f"ablation: {len(done)}/{len(names)} experiments done ({time.monotonic() - started:.0f} s)"
+        if progress and line.split(" (")[0] != shown:
+            print(line, flush=True)
+            shown = line.split(" (")[0]
+        if len(done) == len(names):
+            break
+        time.sleep(poll_s)
+    _dvc(["queue", "stop"], project)
+    failed = [n for n, s in mine.items() if s == "Failed"]
+    if failed:
+        raise PipelineError(f"experiment {failed[0]} failed (of {len(failed)}); see: dvc queue logs {failed[0]}")
+
+
+def _flatten_exp_show(rows: list[dict]) -> dict[str, dict]:
+    """`dvc exp show --json`'s tree -> experiment name -> its metrics files' data."""
+    found = {}
+
+    def visit(node):
+        if isinstance(node, list):
+            for item in node:
+                visit(item)
+            return
+        if not isinstance(node, dict):
+            return
+        name = node.get("name")
+        data = node.get("data") or {}
+        if name and isinstance(data, dict) and "metrics" in data:
+            found[name] = {path: (entry or {}).get("data", {}) for path, entry in (data.get("metrics") or {}).items()}
+        for key in ("experiments", "revs"):
+            visit(node.get(key))
+
+    visit(rows)
+    return found
+
+
+def experiment_metrics(project: Path, names: dict[str, str], metrics_file: str = "metrics/eval.json") -> dict[str, dict]:
+    """variant -> the evaluation JSON of its experiment."""
+    shown = _flatten_exp_show(json.loads(_dvc(["exp", "show", "--json", "--no-pager"], project) or "[]"))
+    out = {}
+    for variant, name in names.items():
+        data = shown.get(name, {}).get(metrics_file)
+        if not data:
+            raise PipelineError(f"experiment {name} has no {metrics_file}; see: dvc exp show, dvc queue logs {name}")
+        out[variant] = data
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the table
+
+
+def _split_of(evaluation: dict, split: str) -> dict:
+    """eval.json holds the first evaluate split at the top level and others under their name."""
+    return evaluation.get(split, evaluation) if isinstance(evaluation.get(split), dict) else evaluation
+
+
+def per_seed(evaluation: dict, seeds: list[int], model: str = "wa") -> dict[int, float]:
+    entries = _split_of(evaluation, SPLIT)
+    missing = [s for s in seeds if f"seed-{s}/{model}" not in entries]
+    if missing:
+        raise PipelineError(f"the evaluation has no seed-{missing[0]}/{model} entry (is seed {missing[0]} in train.seeds?)")
+    return {s: float(entries[f"seed-{s}/{model}"]["mAP"]) for s in seeds}
+
+
+def build_rows(params: Params, overrides: dict[str, list[str]], evaluations: dict[str, dict]) -> list[Row]:
+    seeds = list(params.train.seeds)
+    full = evaluations[FULL]
+    rows = [Row(FULL, "full recipe (weight-averaged models)", [], per_seed(full, seeds))]
+    for variant, technique in TECHNIQUES.items():
+        if variant not in overrides:
+            continue
+        if not overrides[variant]:
+            rows.append(Row(variant, f"- {technique.label}", [], {}, note="already off in this recipe"))
+            continue
+        rows.append(Row(variant, f"- {technique.label}", overrides[variant], per_seed(evaluations[variant], seeds)))
+    rows.append(Row("no_weight_averaging", "- weight averaging (best checkpoints)", [], per_seed(full, seeds, "best"),
+                    note="read off the full recipe"))
+    ensemble = _split_of(full, SPLIT).get("seed-ensemble")
+    if ensemble and len(seeds) > 1:
+        rows.append(Row("seed_ensemble", f"+ ensemble of the {len(seeds)} seeds", [], {0: float(ensemble["mAP"])},
+                        note="read off the full recipe (one value: no spread)"))
+    return rows
+
+
+def _fmt(value: float | None, digits: int = 4, sign: bool = False) -> str:
+    return "" if value is None else (f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}")
+
+
+def write_reports(rows: list[Row], out_dir: Path, command: str, seconds: float) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = rows[0].mean
+    csv_lines = ["variant,technique,mAP_mean,mAP_std,delta,seeds,per_seed,overrides,note"]
+    md = ["| technique | eval mAP (mean ± sd over seeds) | Δ vs full | seeds |", "|---|---|---|---|"]
+    for row in rows:
+        delta = None if row.mean is None or row is rows[0] else row.mean - base
+        per = " ".join(f"{s}:{v:.4f}" for s, v in row.per_seed.items())
+        csv_lines.append(",".join([row.variant, f'"{row.technique}"', _fmt(row.mean), _fmt(row.spread), _fmt(delta, sign=True),
+                                   str(len(row.per_seed)), f'"{per}"', f'"{" ".join(row.overrides)}"', f'"{row.note}"']))
+        value = row.note if row.mean is None else (
+            f"{row.mean:.4f}" + (f" ± {row.spread:.4f}" if row.spread is not None else ""))
+        note = f" ({row.note})" if row.note and row.mean is not None else ""
+        md.append(f"| {row.technique}{note} | {value} | {_fmt(delta, sign=True)} | {len(row.per_seed) or ''} |")
+    md += ["", f"Produced by `{command}` in {seconds / 60:.1f} min; mAP on the `{SPLIT}` split."]
+    paths = {"csv": out_dir / "ablation.csv", "md": out_dir / "ablation.md", "png": out_dir / "ablation.png"}
+    atomic_write_text(paths["csv"], "\n".join(csv_lines) + "\n")
+    atomic_write_text(paths["md"], "\n".join(md) + "\n")
+    _bar_plot(rows, paths["png"])
+    return paths
+
+
+def _bar_plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows if r.mean is not None]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(shown) + 1.2))
+    y = range(len(shown))
+    colours = ["tab:blue" if r is rows[0] else ("tab:green" if r.mean >= rows[0].mean else "tab:red") for r in shown]
+    ax.barh(list(y), [r.mean for r in shown], xerr=[r.spread or 0.0 for r in shown], color=colours, capsize=3)
+    ax.set_yticks(list(y), [r.technique for r in shown])
+    ax.invert_yaxis()
+    ax.axvline(rows[0].mean, color="k", lw=0.8, ls="--")
+    low = min(r.mean - (r.spread or 0) for r in shown)
+    ax.set_xlim(max(0.0, low - 0.05), min(1.0, max(r.mean + (r.spread or 0) for r in shown) + 0.02))
+    ax.set_xlabel(f"{SPLIT} mAP (mean ± sd over seeds)")
+    ax.set_title("Ablation: each technique switched off")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def log_to_mlflow(params: Params, rows: list[Row], paths: dict[str, Path], names: dict[str, str]) -> None:
+    """One parent run `ablation` with a child run per row (MLflow nests runs by mlflow.parentRunId)."""
+    from pipeline.tracking import stage_run
+
+    with stage_run(params, "ablation", name="ablation") as parent:
+        parent.log_metrics({f"mAP_{r.variant}": r.mean for r in rows if r.mean is not None})
+        for path in paths.values():
+            parent.log_artifact(path)
+        for row in rows:
+            tags = {"variant": row.variant, "technique": row.technique, "dvc_experiment": names.get(row.variant),
+                    "overrides": " ".join(row.overrides) or None, "note": row.note or None,
+                    "mlflow.parentRunId": parent.run_id if parent.run_id else None}
+            with stage_run(params, "ablation", tags=tags, name=f"ablation-{row.variant}") as child:
+                if row.mean is not None:
+                    child.log_metrics({"mAP_mean": row.mean, **({"mAP_std": row.spread} if row.spread is not None else {}),
+                                       **{f"mAP_seed_{s}": v for s, v in row.per_seed.items()}})
+
+
+def _worker_env(params: Params, project: Path) -> dict[str, str]:
+    """The queue's environment: experiments run in temporary copies of the project, so a relative
+    SQLite store would vanish with them; point them at the project's own store."""
+    import os
+
+    from pipeline.tracking import tracking_uri
+
+    env = dict(os.environ)
+    uri = tracking_uri(params)
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str((Path(project) / uri[len("sqlite:///"):]).resolve())
+    env["MLFLOW_TRACKING_URI"] = uri
+    return env
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def ablate(params: Params, project: Path, variants: list[str] | None = None, jobs: int = 1,
+           out_dir: str | Path = "reports", prefix: str | None = None, command: str = "python -m pipeline.ablation",
+           progress: bool = True) -> list[Row]:
+    if shutil.which("dvc") is None:
+        raise PipelineError("dvc is not on PATH; run inside the project's environment (make ablation)")
+    chosen = list(TECHNIQUES) if variants is None else variants
+    unknown = [v for v in chosen if v not in TECHNIQUES]
+    if unknown:
+        raise PipelineError(f"unknown ablation variant '{unknown[0]}'; choose from {', '.join(TECHNIQUES)}")
+    prefix = prefix or time.strftime("abl%m%d-%H%M%S")
+    if not NAME.fullmatch(prefix):
+        raise PipelineError(f"--prefix {prefix!r}: letters, digits, '-' and '_' only")
+    overrides = {FULL: [], **{v: TECHNIQUES[v].switch_off(params) for v in chosen}}
+    to_run = {v: o for v, o in overrides.items() if v == FULL or o}
+    started = time.monotonic()
+    names = queue_experiments(project, prefix, to_run)
+    run_queue(project, list(names.values()), jobs, _worker_env(params, project), progress=progress)
+    rows = build_rows(params, overrides, experiment_metrics(project, names))
+    paths = write_reports(rows, Path(project) / out_dir, command, time.monotonic() - started)
+    log_to_mlflow(params, rows, paths, names)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    from pipeline.cli import load_from_args, params_parser, run
+
+    parser = params_parser("Run the PSLA ablation as DVC experiments and write reports/ablation.{csv,md,png}.")
+    parser.add_argument("--variants", nargs="+", metavar="NAME", choices=list(TECHNIQUES),
+                        help=f"techniques to switch off (default: all of {', '.join(TECHNIQUES)})")
+    parser.add_argument("--jobs", type=int, default=1, help="experiments run at once by DVC's queue (default 1)")
+    parser.add_argument("--out-dir", default="reports", help="where ablation.csv/.md/.png go (default: reports)")
+    parser.add_argument("--prefix", help="experiment name prefix (default: abl<date>-<time>)")
+
+    def body(args):
+        params = load_from_args(args)
+        command = "python -m pipeline.ablation " + " ".join(argv if argv is not None else sys.argv[1:])
+        rows = ablate(params, Path.cwd(), args.variants, args.jobs, args.out_dir, args.prefix, command.strip())
+        print(Path(args.out_dir, "ablation.md").read_text(), end="")
+        assert rows
+
+    run(body, parser, argv)
+
+
+if __name__ == "__main__":
+    main()
