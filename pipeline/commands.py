@@ -118,7 +118,11 @@ def main(argv: list[str] | None = None) -> None:
                                      "`psla COMMAND --help` documents each command.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_tag(commands)
-    run(lambda args: args.handler(args), parser, argv)
+    try:
+        run(lambda args: args.handler(args), parser, argv)
+    except BrokenPipeError:  # `psla tag ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
 
 
 if __name__ == "__main__":
