@@ -352,8 +352,8 @@ def test_sharded_download_and_merge_equal_one_run(tmp_path, remote, fake_yt_dlp)
         listing = list_split(params, "train", classes)  # each job lists the whole split, then takes its block
         manifest, report = prepare_split(listing, dataset="audioset", audio_dir=parts / "audio", root=parts,
                                          on_bad="skip", shard=(index, 3), progress=False)
-        write_outputs(manifest, report, shard_path(parts / "train.csv", (index, 3)),
-                      shard_path(parts / "train.json", (index, 3)))
+        write_outputs(manifest, report, shard_path(parts / "train.csv", index),
+                      shard_path(parts / "train.json", index))
         called = {a[-1].split("v=")[1] for a in fake_yt_dlp()}
         block = listing.entries[shard_slice(len(listing.entries), (index, 3))]
         assert called - called_before == {e.clip_id[1:12] for e in block if isinstance(e, Item)}

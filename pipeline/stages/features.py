@@ -2,9 +2,9 @@
 
     python -m pipeline.stages.features --manifest data/manifests/train.csv --classes data/classes.csv \
         --out data/features/train.h5 --report data/reports/features_train.json
-    ... --manifest data/manifests/train.shard-0.csv --out data/features/train.shard-0.h5
+    ... --manifest data/manifests/train.shards/0.csv --out data/features/train.shards/0.h5
                       one prepare shard's clips (the DAGs' way: features shard i = prepare shard i)
-    ... --shard 0/4   or a block of the whole manifest: writes train.shard-0.h5 (and its report)
+    ... --shard 0/4   or a block of the whole manifest: writes train.shards/0.h5 (and its report)
     ... --merge       stitches the len(data.shards) shard files into train.h5 through HDF5 virtual datasets
     ... --relabel data/features/train.h5 --manifest data/manifests/train_enhanced.csv --out .../train_enhanced.h5
                       the same fbanks with the manifest's (enhanced) labels

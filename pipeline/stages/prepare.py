@@ -2,7 +2,7 @@
 
     python -m pipeline.stages.prepare --split train --classes data/classes.csv \
         --audio-dir data/audio/train --manifest data/manifests/train.csv --report data/reports/prepare_train.json
-    ... --shard 0       one shard of len(data.shards) (writes train.shard-0.csv and its report); 0/4 states the count
+    ... --shard 0       one shard of len(data.shards) (writes train.shards/0.csv and its report); 0/4 states the count
     ... --merge         stitch the shard manifests and reports into train.csv and its report
 """
 
