@@ -302,7 +302,11 @@ def _worker_env(params: Params, project: Path) -> dict[str, str]:
 
 def ablate(params: Params, project: Path, variants: list[str] | None = None, jobs: int = 1,
            out_dir: str | Path = "reports", prefix: str | None = None, command: str = "python -m pipeline.ablation",
-           progress: bool = True) -> list[Row]:
+           common: list[str] | None = None, progress: bool = True) -> list[Row]:
+    """`params`: params.yaml with the `common` overrides, which every experiment gets too (`-S`)."""
+    if len(params.train.seeds) < 2:
+        raise PipelineError(f"the ablation needs at least 2 seeds for a spread, train.seeds is {params.train.seeds}; "
+                            f"e.g. --set 'train.seeds=[1, 2]'")
     if shutil.which("dvc") is None:
         raise PipelineError("dvc is not on PATH; run inside the project's environment (make ablation)")
     chosen = list(TECHNIQUES) if variants is None else variants
@@ -313,7 +317,7 @@ def ablate(params: Params, project: Path, variants: list[str] | None = None, job
     if not NAME.fullmatch(prefix):
         raise PipelineError(f"--prefix {prefix!r}: letters, digits, '-' and '_' only")
     overrides = {FULL: [], **{v: TECHNIQUES[v].switch_off(params) for v in chosen}}
-    to_run = {v: o for v, o in overrides.items() if v == FULL or o}
+    to_run = {v: [*(common or []), *o] for v, o in overrides.items() if v == FULL or o}
     started = time.monotonic()
     names = queue_experiments(project, prefix, to_run)
     run_queue(project, list(names.values()), jobs, _worker_env(params, project), progress=progress)
@@ -328,7 +332,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from pipeline.cli import load_from_args, params_parser, run
 
-    parser = params_parser("Run the PSLA ablation as DVC experiments and write reports/ablation.{csv,md,png}.")
+    parser = params_parser("Run the PSLA ablation as DVC experiments and write reports/ablation.{csv,md,png}. "
+                           "--set overrides apply to every experiment (the full recipe included).")
     parser.add_argument("--variants", nargs="+", metavar="NAME", choices=list(TECHNIQUES),
                         help=f"techniques to switch off (default: all of {', '.join(TECHNIQUES)})")
     parser.add_argument("--jobs", type=int, default=1, help="experiments run at once by DVC's queue (default 1)")
@@ -336,9 +341,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefix", help="experiment name prefix (default: abl<date>-<time>)")
 
     def body(args):
+        if Path(args.params).resolve() != Path("params.yaml").resolve():
+            raise PipelineError(f"--params {args.params}: the experiments run the DAG on params.yaml; write your "
+                                f"params there (python -m pipeline.config --params {args.params} --out params.yaml) "
+                                f"or pass changes with --set")
         params = load_from_args(args)
         command = "python -m pipeline.ablation " + " ".join(argv if argv is not None else sys.argv[1:])
-        rows = ablate(params, Path.cwd(), args.variants, args.jobs, args.out_dir, args.prefix, command.strip())
+        rows = ablate(params, Path.cwd(), args.variants, args.jobs, args.out_dir, args.prefix, command.strip(),
+                      common=args.overrides)
         print(Path(args.out_dir, "ablation.md").read_text(), end="")
         assert rows
 

@@ -108,3 +108,14 @@ def test_two_variants_one_epoch_as_dvc_experiments(tmp_path):
     assert len(parents) == 1 and {c.data.tags["variant"] for c in children} == set(table)
     trained = client.search_runs([client.get_experiment_by_name("psla").experiment_id], "tags.stage = 'train'")
     assert len(trained) >= 2 * 3  # two seeds in each of the three experiments (the teachers too)
+
+
+def test_cli_needs_two_seeds_and_params_yaml(tmp_path):
+    from tests.conftest import run_module, write_params
+
+    write_params(tmp_path / "params.yaml", {"train": {"seeds": [1]}})
+    proc = run_module("pipeline.ablation", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "at least 2 seeds" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    write_params(tmp_path / "other.yaml", {})
+    proc = run_module("pipeline.ablation", "--params", "other.yaml", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "run the DAG on params.yaml" in proc.stderr
