@@ -210,7 +210,7 @@ def build_rows(params: Params, overrides: dict[str, list[str]], evaluations: dic
     ensemble = _split_of(full, SPLIT).get("seed-ensemble")
     if ensemble and len(seeds) > 1:
         rows.append(Row("seed_ensemble", f"+ ensemble of the {len(seeds)} seeds", [], {0: float(ensemble["mAP"])},
-                        note="read off the full recipe (one value: no spread)"))
+                        note="read off the full recipe; one value, no spread"))
     return rows
 
 
