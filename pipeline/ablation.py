@@ -88,8 +88,8 @@ class Row:
 # DVC experiments
 
 
-def _dvc(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True, env=env)
+def _dvc(args: list[str], cwd: Path) -> str:
+    proc = subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = " ".join((proc.stderr or proc.stdout).split())[-300:]
         raise PipelineError(f"dvc {' '.join(args[:3])} failed in {cwd}: {tail}")
@@ -123,17 +123,18 @@ def run_queue(project: Path, names: list[str], jobs: int, env: dict[str, str], p
               progress: bool = True) -> None:
     """Start DVC's queue workers and wait until every named experiment has finished."""
     # The workers outlive `dvc queue start`: no pipes to them, or this call would wait for them to exit.
-    subprocess.run(["dvc", "queue", "start", "--jobs", str(jobs)], cwd=project, env=env, check=True,
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    started, shown = time.monotonic(), None
+    started = subprocess.run(["dvc", "queue", "start", "--jobs", str(jobs)], cwd=project, env=env,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if started.returncode != 0:
+        raise PipelineError(f"dvc queue start failed in {project} (exit {started.returncode}); try: dvc queue start")
+    start, reported = time.monotonic(), None
     while True:
         states = _queue_states(project)
         mine = {n: states.get(n, "Queued") for n in names}
         done = [n for n, s in mine.items() if s in ("Success", "Failed")]
-        line = f"ablation: {len(done)}/{len(names)} experiments done ({time.monotonic() - started:.0f} s)"
-        if progress and line.split(" (")[0] != shown:
-            print(line, flush=True)
-            shown = line.split(" (")[0]
+        if progress and len(done) != reported:
+            print(f"ablation: {len(done)}/{len(names)} experiments done ({time.monotonic() - start:.0f} s)", flush=True)
+            reported = len(done)
         if len(done) == len(names):
             break
         time.sleep(poll_s)
@@ -275,7 +276,7 @@ def log_to_mlflow(params: Params, rows: list[Row], paths: dict[str, Path], names
         for row in rows:
             tags = {"variant": row.variant, "technique": row.technique, "dvc_experiment": names.get(row.variant),
                     "overrides": " ".join(row.overrides) or None, "note": row.note or None,
-                    "mlflow.parentRunId": parent.run_id if parent.run_id else None}
+                    "mlflow.parentRunId": parent.run_id}  # None (tracking off) is dropped by stage_run
             with stage_run(params, "ablation", tags=tags, name=f"ablation-{row.variant}") as child:
                 if row.mean is not None:
                     child.log_metrics({"mAP_mean": row.mean, **({"mAP_std": row.spread} if row.spread is not None else {}),

@@ -86,20 +86,28 @@ def _check_file(path: Path) -> None:
         raise AudioProblem("truncated", f"{path}: truncated WAV ({truncation})")
 
 
-def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Decode a file to float32 `[channels, samples]` at its own sample rate."""
+def _decode(path: str | Path, with_libsndfile, with_pyav):
+    """`with_libsndfile(path_text)` for what libsndfile reads; a damaged stream is an AudioProblem, and a
+    format it does not know goes to FFmpeg: `with_pyav(wave [channels, samples], rate)`."""
     path = Path(path)
     _check_file(path)
     try:
-        wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
-        return np.ascontiguousarray(wave.T), rate
+        return with_libsndfile(str(path))
     except sf.LibsndfileError as err:
         if "lost sync" in str(err) or "truncated" in str(err).lower():
             raise AudioProblem("truncated", f"{path}: truncated or damaged stream ({err})") from None
     except (RuntimeError, TypeError, ValueError):
         pass  # a format libsndfile does not know: let FFmpeg try
-    wave, rate = _decode_with_pyav(path)
-    return wave, rate
+    return with_pyav(*_decode_with_pyav(path))
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Decode a file to float32 `[channels, samples]` at its own sample rate."""
+    def with_libsndfile(text):
+        wave, rate = sf.read(text, dtype="float32", always_2d=True)
+        return np.ascontiguousarray(wave.T), rate
+
+    return _decode(path, with_libsndfile, lambda wave, rate: (wave, rate))
 
 
 def read_mono(path: str | Path, block_seconds: float = 30.0) -> tuple[np.ndarray, int, int]:
@@ -107,22 +115,15 @@ def read_mono(path: str | Path, block_seconds: float = 30.0) -> tuple[np.ndarray
     `(mono, rate, channels)`. What libsndfile reads is read a block at a time, so a long multichannel
     file is never in memory whole (an hour of 44.1 kHz stereo is 1.3 GB as float32); what only
     FFmpeg reads is decoded whole first. Problems as `read_audio`'s."""
-    path = Path(path)
-    _check_file(path)
-    try:
-        with sf.SoundFile(str(path)) as handle:
+    def with_libsndfile(text):
+        with sf.SoundFile(text) as handle:
             rate, channels, step = handle.samplerate, handle.channels, max(1, int(block_seconds * handle.samplerate))
             blocks = []
             while len(block := handle.read(step, dtype="float32", always_2d=True)):
                 blocks.append(downmix(block.T))
         return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), rate, channels
-    except sf.LibsndfileError as err:
-        if "lost sync" in str(err) or "truncated" in str(err).lower():
-            raise AudioProblem("truncated", f"{path}: truncated or damaged stream ({err})") from None
-    except (RuntimeError, TypeError, ValueError):
-        pass  # a format libsndfile does not know: let FFmpeg try
-    wave, rate = _decode_with_pyav(path)
-    return downmix(wave), rate, wave.shape[0]
+
+    return _decode(path, with_libsndfile, lambda wave, rate: (downmix(wave), rate, wave.shape[0]))
 
 
 def check_wave(wave: np.ndarray, rate: int, source: str) -> None:

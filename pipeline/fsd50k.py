@@ -36,7 +36,7 @@ from pipeline.audio import AudioProblem, read_audio
 from pipeline.classes import ClassList, read_ontology
 from pipeline.config import Params
 from pipeline.datasets import Item, Listing, Rejected
-from pipeline.download import DownloadError, fetch, fetch_json, file_lock
+from pipeline.download import fetch, fetch_json, file_lock
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_path
 

@@ -62,6 +62,19 @@ def label_matrix(entries: Sequence, classes, source: str = "manifest", classes_s
     return matrix
 
 
+def read_labelled_manifest(manifest: str | Path, classes: str | Path, purpose: str):
+    """A manifest's entries, the class list and their label matrix; an empty manifest is a one-line
+    error (`purpose`: what the stage would have done with the clips, e.g. "score")."""
+    from pipeline.classes import read_classes
+    from pipeline.manifest import read_manifest
+
+    entries = read_manifest(manifest)
+    if not entries:
+        raise PipelineError(f"{manifest}: manifest has no clips; nothing to {purpose}")
+    class_list = read_classes(classes)
+    return entries, class_list, label_matrix(entries, class_list, source=str(manifest), classes_source=str(classes))
+
+
 def class_weights(counts: np.ndarray) -> np.ndarray:
     """Per-class weight 1000 / (count + 0.01), float64 `[C]`."""
     return LABEL_WEIGHT_NUMERATOR / (np.asarray(counts, dtype=np.float64) + LABEL_COUNT_OFFSET)

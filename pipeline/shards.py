@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.errors import PipelineError
+
 SHARDS_FOLDER = ".shards"
 
 
@@ -37,8 +39,6 @@ def add_shard_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_shard(shard: tuple[int, int | None] | None, shards: list[int]) -> tuple[int, int] | None:
     """`--shard` with its count filled in from data.shards; a shard outside the count is an error."""
-    from pipeline.errors import PipelineError
-
     if shard is None:
         return None
     index, count = shard[0], shard[1] or len(shards)

@@ -60,6 +60,13 @@ def run_module(module: str, *args: str, cwd: Path, env: dict | None = None, chec
     return proc
 
 
+@pytest.fixture
+def no_proxy(monkeypatch):
+    """No proxy settings: the HTTP tests talk to a server on 127.0.0.1."""
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def write_params(path: Path, tree: dict) -> Path:
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
     return path

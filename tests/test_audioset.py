@@ -8,10 +8,8 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +18,6 @@ import soundfile as sf
 from pipeline import audioset
 from pipeline.audio import AudioProblem, is_valid_clip
 from pipeline.audioset import Segment, parse_segments, stratified_holdout
-from pipeline.classes import read_classes
 from pipeline.config import load_params
 from pipeline.datasets import Item, Rejected, class_metadata, list_split
 from pipeline.manifest import read_manifest
@@ -88,10 +85,8 @@ with wave.open(out, "wb") as w:
 """
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
+# every request goes to the test's own 127.0.0.1 server, never through a proxy
+pytestmark = pytest.mark.usefixtures("no_proxy")
 
 
 @pytest.fixture

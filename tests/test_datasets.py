@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.classes import ClassList, UnknownLabel, read_classes
+from pipeline.classes import UnknownLabel, read_classes
 from pipeline.config import load_params
 from pipeline.datasets import Item, Rejected, class_metadata, list_folder, list_split
 from pipeline.errors import PipelineError

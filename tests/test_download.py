@@ -97,10 +97,8 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
+# every request goes to the test's own 127.0.0.1 server, never through a proxy
+pytestmark = pytest.mark.usefixtures("no_proxy")
 
 
 PAYLOAD = bytes(range(256)) * 4000  # ~1 MB

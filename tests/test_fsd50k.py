@@ -11,7 +11,6 @@ import shutil
 import struct
 import subprocess
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,10 +94,8 @@ def _record(files: dict[str, bytes]) -> bytes:
     return json.dumps({"id": 4060432, "files": entries}).encode()
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
+# every request goes to the test's own 127.0.0.1 server, never through a proxy
+pytestmark = pytest.mark.usefixtures("no_proxy")
 
 
 @pytest.fixture

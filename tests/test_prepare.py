@@ -10,7 +10,6 @@ import soundfile as sf
 from pipeline.audio import is_valid_clip
 from pipeline.manifest import read_manifest
 from tests.conftest import REPO, run_module, write_params
-import yaml
 
 
 def _prepare(tmp_path, params, split, *extra, check=True):

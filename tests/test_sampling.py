@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import csv
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from pipeline.classes import ClassList, read_classes
+from pipeline.classes import ClassList
 from pipeline.errors import PipelineError
 from pipeline.manifest import Entry, read_manifest
 from pipeline.sampling import (BalancedSampler, ShuffleSampler, label_matrix, make_sampler, read_weights,
                                sample_weights, weights_by_clip, write_weights)
-from tests.conftest import REPO, SHARED, needs_shared, run_module, write_params
+from tests.conftest import SHARED, needs_shared, run_module, write_params
 
 FIXTURE = SHARED / "reference" / "label-fixture"
 AUDIOSET_CLASSES = SHARED / "data" / "audioset" / "class_labels_indices.csv"

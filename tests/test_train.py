@@ -10,7 +10,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline.classes import read_classes, write_classes, ClassList
+from pipeline.classes import read_classes, write_classes
 from pipeline.config import load_params
 from pipeline.datasets import class_metadata, list_split
 from pipeline.errors import PipelineError

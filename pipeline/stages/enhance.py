@@ -19,14 +19,13 @@ import io
 import shutil
 from pathlib import Path
 
-from pipeline.classes import read_classes, read_ontology
+from pipeline.classes import read_ontology
 from pipeline.cli import load_from_args, params_parser, run
 from pipeline.enhance import build_relations, enhance_labels, labels_of
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_path, atomic_write_json, atomic_write_text
-from pipeline.manifest import read_manifest
 from pipeline.predictions import load_scores_for
-from pipeline.sampling import label_matrix
+from pipeline.sampling import read_labelled_manifest
 from pipeline.tracking import stage_run
 
 
@@ -60,11 +59,7 @@ def main(argv=None):
         stat, types = params.labels.enhance, tuple(params.labels.types)
         out, source = Path(args.out), Path(args.manifest)
         report_path = Path(args.report) if args.report else out.with_name(out.stem + "_report.json")
-        entries = read_manifest(source)
-        if not entries:
-            raise PipelineError(f"{source}: manifest has no clips; nothing to enhance")
-        classes = read_classes(args.classes)
-        labels = label_matrix(entries, classes, source=str(source), classes_source=args.classes)
+        entries, classes, labels = read_labelled_manifest(source, args.classes, "enhance")
         if stat == "none":
             result = enhance_labels(labels, None, None, "none")
             with atomic_path(out) as tmp:

@@ -13,8 +13,8 @@
 from pathlib import Path
 
 from pipeline.classes import read_classes
-from pipeline.errors import PipelineError
 from pipeline.cli import load_from_args, params_parser, run
+from pipeline.errors import PipelineError
 from pipeline.features import extract_features, merge_shards, relabel
 from pipeline.io import atomic_write_json
 from pipeline.manifest import read_manifest

@@ -15,14 +15,12 @@ import csv
 import io
 from pathlib import Path
 
-from pipeline.classes import read_classes
 from pipeline.cli import load_from_args, params_parser, run
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_write_json, atomic_write_text
-from pipeline.manifest import read_manifest
 from pipeline.metrics import evaluate
 from pipeline.predictions import load_scores_for
-from pipeline.sampling import label_matrix
+from pipeline.sampling import read_labelled_manifest
 
 PER_CLASS_COLUMNS = ("index", "mid", "display_name", "AP", "AUC", "positives")
 
@@ -63,11 +61,7 @@ def main(argv=None):
 
     def body(args):
         params = load_from_args(args)
-        entries = read_manifest(args.manifest)
-        if not entries:
-            raise PipelineError(f"{args.manifest}: manifest has no clips; nothing to score")
-        classes = read_classes(args.classes)
-        labels = label_matrix(entries, classes, source=args.manifest, classes_source=args.classes)
+        entries, classes, labels = read_labelled_manifest(args.manifest, args.classes, "score")
         scores = load_scores_for(args.scores, entries, classes)
         result = evaluate(labels, scores, classes.mids)
         if result["n_scored_classes"] == 0:

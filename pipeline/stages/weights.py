@@ -10,11 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classes import read_classes
 from pipeline.cli import load_from_args, params_parser, run
-from pipeline.errors import PipelineError
-from pipeline.manifest import read_manifest
-from pipeline.sampling import label_matrix, sample_weights, write_weights
+from pipeline.sampling import read_labelled_manifest, sample_weights, write_weights
 from pipeline.tracking import stage_run
 
 
@@ -26,11 +23,7 @@ def main(argv=None):
 
     def body(args):
         params = load_from_args(args)
-        entries = read_manifest(args.manifest)
-        if not entries:
-            raise PipelineError(f"{args.manifest}: manifest has no clips; nothing to weight")
-        classes = read_classes(args.classes)
-        labels = label_matrix(entries, classes, source=args.manifest, classes_source=args.classes)
+        entries, classes, labels = read_labelled_manifest(args.manifest, args.classes, "weight")
         weights = sample_weights(labels)
         write_weights(args.out, [e.clip_id for e in entries], weights)
         counts = labels.sum(axis=0, dtype=np.int64)
