@@ -110,12 +110,16 @@ def test_interrupted_prepare_leaves_only_whole_files_and_resumes(tmp_path):
     cmd = [sys.executable, "-m", "pipeline.stages.prepare", "--params", str(params), "--split", "train",
            "--classes", str(tmp_path / "data/classes.csv"), "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+
+    def finished_clips():  # pathlib's "*" also matches the hidden temporaries being written
+        return [p for p in audio.glob("*.flac") if not p.name.startswith(".")]
+
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(audio.glob("*.flac"))) < 20:
+    while time.monotonic() < deadline and len(finished_clips()) < 20:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    finished = [p for p in audio.glob("*.flac") if not p.name.startswith(".")]
+    finished = finished_clips()
     assert 20 <= len(finished) < 400, "the run was not interrupted mid-way"
     assert all(is_valid_clip(p) for p in finished)  # no half-written clip under a final name
     assert not (tmp_path / "data/manifests/train.csv").exists()
