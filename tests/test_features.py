@@ -79,7 +79,7 @@ def test_audio_shorter_than_a_frame_is_skipped_or_fails_by_policy(tmp_path, clip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["audio", "f.h5"]  # no partial output, no temporary
 
 
-def test_shards_merge_into_virtual_datasets_identical_to_one_file(tmp_path, clips):
+def test_shards_merge_into_virtual_datasets_identical_to_one_file(tmp_path, clips, monkeypatch):
     whole = tmp_path / "whole.h5"
     extract_features(clips, split="t", data_root=tmp_path, out=whole, cfg=CFG, classes=CLASSES, on_bad="fail",
                      progress=False)
@@ -89,7 +89,7 @@ def test_shards_merge_into_virtual_datasets_identical_to_one_file(tmp_path, clip
                          classes=CLASSES, on_bad="fail", shard=(i, 3), progress=False)
     assert merge_shards([shard_path(out, i) for i in range(3)], out) == 7
     assert out.stat().st_size < 50_000  # virtual: nothing copied
-    os.chdir(tmp_path / "audio")  # relative sources resolve against the merged file's folder
+    monkeypatch.chdir(tmp_path / "audio")  # relative sources resolve against the merged file's folder
     with h5py.File(whole, "r") as a, h5py.File(out, "r") as b:
         assert b["fbank"].is_virtual
         for name in ("fbank", "n_frames", "clip_id", "labels"):
