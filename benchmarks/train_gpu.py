@@ -42,11 +42,15 @@ def sync(device):
 
 
 def loader_rate(params: Params, path: Path, device, batches: int) -> float:
+    # The workers prefetch 4 batches each before the first is asked for: drain those first, so the
+    # timed batches are produced while timing (steady state), not read from the queue.
+    warm_up = 4 * params.train.num_workers + 1
     loader = train_loader(params, FeatureDataset(path), None, seed=0, device=device,
-                          num_samples=(batches + 2) * params.train.batch_size)
+                          num_samples=(warm_up + batches + 1) * params.train.batch_size)
     iterator = device_batches(loader, params, Normaliser(-4.6476, 4.5699), device,
                               torch.Generator(device=device).manual_seed(0))
-    next(iterator)
+    for _ in range(warm_up):
+        next(iterator)
     sync(device)
     start, seen = time.perf_counter(), 0
     for _ in range(batches):
@@ -101,7 +105,7 @@ def main():
             f["labels"] = (np.random.default_rng(1).random((n, 527)) < 0.02).astype(np.uint8)
             f["n_frames"] = np.full(n, args.frames, np.int32)
             f["clip_id"] = [f"c{i}" for i in range(n)]
-        feed = loader_rate(params, path, device, max(args.steps, 5))
+        feed = loader_rate(params, path, device, max(3 * args.steps, 5))
     best = max(rates.values())
     verdict = "keeps the GPU busy" if feed >= best else "is the bottleneck (add train.num_workers)"
     print(f"  loader ({args.workers} workers, augmentation on {device.type}): {feed:.1f} clips/s -> {verdict} "
