@@ -7,7 +7,10 @@ reads the rest (m4a/aac, ...) so no system FFmpeg is needed. Problems come back 
 
 from __future__ import annotations
 
+import math
 import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,32 +50,56 @@ def _wav_truncation(path: Path) -> str | None:
     return None
 
 
-def _decode_with_pyav(path: Path) -> tuple[np.ndarray, int]:
+def _pyav_open(path: Path):
+    """FFmpeg (PyAV): `(rate, channels, frames or None, blocks)`, the blocks `[channels, n]` float32
+    decoded a frame at a time (integer samples scaled to [-1, 1)); `frames` from the container's
+    duration, an estimate."""
     import av
 
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise AudioProblem("unreadable", f"{path}: no audio stream")
-            stream = container.streams.audio[0]
-            chunks = []
-            for frame in container.decode(stream):
-                data = frame.to_ndarray()
-                if frame.format.is_planar:
-                    chunks.append(data.astype(np.float32))
-                else:  # interleaved: [1, samples * channels]
-                    chunks.append(data.reshape(-1, frame.layout.nb_channels).T.astype(np.float32))
-            rate = stream.rate
-    except AudioProblem:
-        raise
+        container = av.open(str(path))
     except Exception as err:  # av raises many error classes for damaged input
-        raise AudioProblem("unreadable", f"{path}: cannot decode ({type(err).__name__}: {err})") from None
-    if not chunks:
-        return np.zeros((1, 0), np.float32), rate
-    wave = np.concatenate(chunks, axis=1)
-    if np.issubdtype(chunks[0].dtype, np.integer):
-        wave /= np.iinfo(chunks[0].dtype).max
-    return wave, rate
+        raise AudioProblem("unreadable", _cannot_decode(path, err)) from None
+    if not container.streams.audio:
+        container.close()
+        raise AudioProblem("unreadable", f"{path}: no audio stream")
+    stream = container.streams.audio[0]
+    frames = round(container.duration * stream.rate / 1_000_000) if container.duration and stream.rate else None
+
+    def blocks():
+        try:
+            with container:
+                for frame in container.decode(stream):
+                    data = frame.to_ndarray()
+                    if not frame.format.is_planar:  # interleaved: [1, samples * channels]
+                        data = data.reshape(-1, frame.layout.nb_channels).T
+                    yield _as_float(data)
+        except AudioProblem:
+            raise
+        except Exception as err:
+            raise AudioProblem("unreadable", _cannot_decode(path, err)) from None
+
+    return stream.rate, stream.channels, frames, blocks()
+
+
+def _as_float(data: np.ndarray) -> np.ndarray:
+    """Decoded samples as float32 in [-1, 1): integer PCM (ALAC, PCM in containers libsndfile does not
+    read) scaled by its full scale; unsigned 8-bit is offset by half its range, as it is stored."""
+    if data.dtype == np.uint8:
+        return (data.astype(np.float32) - 128.0) / 128.0
+    if np.issubdtype(data.dtype, np.integer):
+        return data.astype(np.float32) / np.float32(-np.iinfo(data.dtype).min)
+    return data.astype(np.float32)
+
+
+def _cannot_decode(path: Path, err: Exception) -> str:
+    return f"{path}: cannot decode ({type(err).__name__}: {err})"
+
+
+def _decode_with_pyav(path: Path) -> tuple[np.ndarray, int]:
+    rate, _, _, blocks = _pyav_open(path)
+    chunks = list(blocks)
+    return (np.concatenate(chunks, axis=1) if chunks else np.zeros((1, 0), np.float32)), rate
 
 
 def _check_file(path: Path) -> None:
@@ -88,17 +115,23 @@ def _check_file(path: Path) -> None:
 
 def _decode(path: str | Path, with_libsndfile, with_pyav):
     """`with_libsndfile(path_text)` for what libsndfile reads; a damaged stream is an AudioProblem, and a
-    format it does not know goes to FFmpeg: `with_pyav(wave [channels, samples], rate)`."""
+    format it does not know goes to FFmpeg: `with_pyav(path)`."""
     path = Path(path)
     _check_file(path)
     try:
         return with_libsndfile(str(path))
     except sf.LibsndfileError as err:
-        if "lost sync" in str(err) or "truncated" in str(err).lower():
-            raise AudioProblem("truncated", f"{path}: truncated or damaged stream ({err})") from None
+        if problem := _damaged(path, err):
+            raise problem from None
     except (RuntimeError, TypeError, ValueError):
         pass  # a format libsndfile does not know: let FFmpeg try
-    return with_pyav(*_decode_with_pyav(path))
+    return with_pyav(path)
+
+
+def _damaged(path: Path, err: sf.LibsndfileError) -> AudioProblem | None:
+    if "lost sync" in str(err) or "truncated" in str(err).lower():
+        return AudioProblem("truncated", f"{path}: truncated or damaged stream ({err})")
+    return None
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
@@ -107,34 +140,75 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
         wave, rate = sf.read(text, dtype="float32", always_2d=True)
         return np.ascontiguousarray(wave.T), rate
 
-    return _decode(path, with_libsndfile, lambda wave, rate: (wave, rate))
+    return _decode(path, with_libsndfile, _decode_with_pyav)
+
+
+@dataclass
+class MonoStream:
+    """A file decoded a block at a time: `blocks` yields float32 mono (channels averaged as `downmix`
+    does) at the file's own `rate`; `frames`: its length in samples as the container states it (an
+    estimate for progress; None when unknown). Problems found while reading come from `blocks`."""
+
+    rate: int
+    channels: int
+    frames: int | None
+    blocks: Iterator[np.ndarray]
+
+
+def open_mono(path: str | Path, block_seconds: float = 30.0) -> MonoStream:
+    """Open any common audio file for reading a block at a time, whatever its length (an hour of
+    44.1 kHz stereo is 1.3 GB as float32, and nothing here holds more than a block). Problems that
+    show at opening are raised here, as `read_audio`'s."""
+    path = Path(path)
+
+    def with_libsndfile(text):
+        handle = sf.SoundFile(text)
+        step = max(1, int(block_seconds * handle.samplerate))
+
+        def blocks():
+            with handle:
+                try:
+                    while len(block := handle.read(step, dtype="float32", always_2d=True)):
+                        yield downmix(block.T)
+                except sf.LibsndfileError as err:
+                    raise (_damaged(path, err) or AudioProblem("unreadable", _cannot_decode(path, err))) from None
+
+        return MonoStream(handle.samplerate, handle.channels, handle.frames, blocks())
+
+    def with_pyav(path):
+        rate, channels, frames, blocks = _pyav_open(path)
+        return MonoStream(rate, channels, frames, (downmix(block) for block in blocks))
+
+    return _decode(path, with_libsndfile, with_pyav)
 
 
 def read_mono(path: str | Path, block_seconds: float = 30.0) -> tuple[np.ndarray, int, int]:
-    """Decode a file to float32 mono at its own rate, channels averaged as `downmix` does; returns
-    `(mono, rate, channels)`. What libsndfile reads is read a block at a time, so a long multichannel
-    file is never in memory whole (an hour of 44.1 kHz stereo is 1.3 GB as float32); what only
-    FFmpeg reads is decoded whole first. Problems as `read_audio`'s."""
-    def with_libsndfile(text):
-        with sf.SoundFile(text) as handle:
-            rate, channels, step = handle.samplerate, handle.channels, max(1, int(block_seconds * handle.samplerate))
-            blocks = []
-            while len(block := handle.read(step, dtype="float32", always_2d=True)):
-                blocks.append(downmix(block.T))
-        return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), rate, channels
-
-    return _decode(path, with_libsndfile, lambda wave, rate: (downmix(wave), rate, wave.shape[0]))
+    """Decode a file to float32 mono at its own rate, a block at a time (`open_mono`); returns
+    `(mono, rate, channels)`. Problems as `read_audio`'s."""
+    stream = open_mono(path, block_seconds)
+    blocks = list(stream.blocks)
+    return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), stream.rate, stream.channels
 
 
 def check_wave(wave: np.ndarray, rate: int, source: str) -> None:
     """Reject audio no fbank can be computed from."""
     if wave.size == 0:
         raise AudioProblem("empty_audio", f"{source}: audio has zero samples")
+    check_finite(wave, source)
+    check_length(wave.shape[-1], rate, source)
+
+
+def check_finite(wave: np.ndarray, source: str) -> None:
     if not np.isfinite(wave).all():
         raise AudioProblem("non_finite", f"{source}: audio contains NaN or infinite samples")
-    if wave.shape[-1] < MIN_SECONDS * rate:
-        seconds = wave.shape[-1] / rate
-        raise AudioProblem("too_short", f"{source}: {seconds * 1000:.1f} ms of audio, shorter than one 25 ms frame")
+
+
+def check_length(samples: int, rate: int, source: str) -> None:
+    if samples == 0:
+        raise AudioProblem("empty_audio", f"{source}: audio has zero samples")
+    if samples < MIN_SECONDS * rate:
+        raise AudioProblem("too_short", f"{source}: {samples / rate * 1000:.1f} ms of audio, shorter than one "
+                                        "25 ms frame")
 
 
 def downmix(wave: np.ndarray) -> np.ndarray:
@@ -150,6 +224,33 @@ def resample(mono: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
     import torchaudio.functional as AF
 
     return AF.resample(torch.from_numpy(mono), rate, target_rate).numpy()
+
+
+def resample_blocks(blocks: Iterable[np.ndarray], rate: int, target_rate: int,
+                    chunk_seconds: float = 30.0) -> Iterator[np.ndarray]:
+    """`resample` of a mono wave that arrives in consecutive blocks, yielded in chunks of about
+    `chunk_seconds`: memory stays at one chunk whatever the length, and the chunks put together equal
+    `resample` of the whole wave. Why they do: torchaudio computes each output sample from the inputs
+    around it, in periods of `rate / gcd` inputs; each chunk here starts on a period and is resampled
+    with `context` inputs of the wave on both sides, more than the sinc kernel reaches (6 zero
+    crossings: under 7 inputs per 16 kHz output), so every kept output sees the same inputs."""
+    common = math.gcd(rate, target_rate)
+    period, out_period = rate // common, target_rate // common
+    context = period * -(-max(64, rate // 100) // period)
+    step = period * max(1, round(chunk_seconds * rate / period))
+    pending, held, left = [], 0, 0  # the blocks not yet resampled, with `left` inputs of context before them
+    for block in blocks:
+        pending.append(block)
+        held += len(block)
+        while held - left >= step + context:  # a chunk and its context on the right have arrived
+            wave = np.concatenate(pending)
+            yield resample(wave[:left + step + context], rate, target_rate)[
+                left // period * out_period:(left + step) // period * out_period]
+            keep = max(0, left + step - context)
+            pending, held, left = [wave[keep:]], len(wave) - keep, left + step - keep
+    wave = np.concatenate(pending) if pending else np.zeros(0, np.float32)
+    if len(wave) > left:
+        yield resample(wave, rate, target_rate)[left // period * out_period:]
 
 
 def to_mono(wave: np.ndarray, rate: int, target_rate: int) -> np.ndarray:

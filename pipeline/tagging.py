@@ -10,21 +10,23 @@ Windows: `window` seconds starting every `hop` seconds from 0, as many as it tak
 to reach the end of the file (it is cut at the end); a file shorter than one window is one window.
 Each window goes through what a training clip went through: the file's channels averaged and
 resampled to the checkpoint's rate (`pipeline.audio.downmix` and `resample`, as the prepare stage
-does), the features stage's fbank with the checkpoint's options (`fbank_from_options`), zero-padded
+does; here a block at a time, `resample_blocks`), the features stage's fbank with the checkpoint's options (`fbank_from_options`), zero-padded
 to the model's input length, rounded to float16 as the features stage stores it, normalised with
 the checkpoint's stats as in evaluation. The input length is the checkpoint's target_length, or the
 frames of one full window when windows are longer than that (the model pools over time, so a long
 window is scored whole rather than cut). A window of exactly the training clip length therefore
 scores as that clip scores in evaluation.
 
-Memory: only one batch of windows is turned into fbanks at a time, and the file is decoded a block
-at a time into one mono waveform (about 0.6 GB an hour at 44.1 kHz, 0.23 GB at 16 kHz).
+Memory does not grow with the file's length: it is decoded, resampled and cut into windows a block
+at a time (30 s), and only one batch of windows is turned into fbanks at a time; what is kept per
+window is its scores.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.audio import AudioProblem, check_wave, downmix, read_mono, resample
+from pipeline.audio import AudioProblem, check_finite, check_length, downmix, open_mono, resample_blocks
 from pipeline.augment import prepare_eval_batch
 from pipeline.errors import PipelineError
 from pipeline.features import fbank_from_options
@@ -135,34 +137,54 @@ def input_length(tagger: Tagger, window_samples: int) -> int:
     return max(tagger.target_length, tagger.frames(window_samples))
 
 
-def window_fbanks(tagger: Tagger, mono: np.ndarray, bounds: np.ndarray, length: int) -> np.ndarray:
+def stream_windows(chunks: Iterable[np.ndarray], window_samples: int, hop_samples: int,
+                   frame_samples: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """`(start, end, audio)` of each window of `plan_windows` over a wave that arrives in chunks, as
+    soon as the chunks cover it; only a window and a chunk are held. `audio` is the window's samples,
+    or for a last window shorter than one analysis frame (a hop within a frame of the window) the
+    wave's last frame, so it is scored rather than dropped (the timeline still says where it is)."""
+    held, base, total, index = np.zeros(0, np.float32), 0, 0, 0  # held: the wave from sample `base` on
+    for chunk in chunks:
+        held = np.concatenate([held, chunk])
+        total += len(chunk)
+        while index * hop_samples + window_samples <= total:
+            start = index * hop_samples
+            yield start, start + window_samples, held[start - base:start + window_samples - base]
+            index += 1
+        keep = max(0, index * hop_samples - frame_samples)
+        held, base = held[keep - base:], keep
+    for start, end in plan_windows(total, window_samples, hop_samples)[index:].tolist():
+        first = max(0, end - frame_samples) if end - start < frame_samples else start
+        yield start, end, held[first - base:end - base]
+
+
+def window_fbanks(tagger: Tagger, windows: list[np.ndarray], length: int) -> np.ndarray:
     """`[n, length, mel bins]` float16: each window's fbank as the features stage computes and stores it."""
-    out = []
-    for start, end in bounds:
-        if end - start < tagger.frame_samples:
-            # only the last window, when the hop is within one frame of the window: score the file's
-            # last frame rather than nothing (the timeline still says where the window is)
-            start = max(0, end - tagger.frame_samples)
-        fbank, _ = fbank_from_options(mono[start:end], tagger.fbank_options, length)
-        out.append(fbank.astype(np.float16))
-    return np.stack(out)
+    return np.stack([fbank_from_options(audio, tagger.fbank_options, length)[0].astype(np.float16)
+                     for audio in windows])
 
 
 @torch.inference_mode()
-def score_windows(tagger: Tagger, mono: np.ndarray, bounds: np.ndarray, length: int, batch_size: int = 16,
-                  progress: bool = False, desc: str = "tag") -> np.ndarray:
-    """`[n, classes]` float32 scores of the windows, `batch_size` windows per forward pass."""
-    scores = np.empty((len(bounds), len(tagger.class_ids)), np.float32)
-    # delay: a bar only for files that take a while; disable=None: only on a terminal
-    with tqdm(total=len(bounds), desc=desc, unit="window", disable=None if progress else True, delay=1.0,
-              mininterval=0.5, leave=False) as bar:
-        for first in range(0, len(bounds), batch_size):
-            chunk = bounds[first:first + batch_size]
-            x = torch.from_numpy(window_fbanks(tagger, mono, chunk, length)).to(tagger.device)
-            scores[first:first + len(chunk)] = tagger.model(
-                prepare_eval_batch(x, tagger.norm.mean, tagger.norm.std)).float().cpu().numpy()
-            bar.update(len(chunk))
-    return scores
+def score_windows(tagger: Tagger, windows: Iterable[tuple[int, int, np.ndarray]], length: int,
+                  batch_size: int = 16, bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`([n, 2] sample bounds, [n, classes] float32 scores)` of the windows, `batch_size` per forward pass."""
+    bounds, scores, batch = [], [], []
+
+    def flush():
+        x = torch.from_numpy(window_fbanks(tagger, [audio for _, _, audio in batch], length)).to(tagger.device)
+        scores.append(tagger.model(prepare_eval_batch(x, tagger.norm.mean, tagger.norm.std)).float().cpu().numpy())
+        bounds.extend((start, end) for start, end, _ in batch)
+        if bar is not None:
+            bar.update(len(batch))
+        batch.clear()
+
+    for window in windows:
+        batch.append(window)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    return np.array(bounds, np.int64).reshape(-1, 2), np.concatenate(scores)
 
 
 @dataclass
@@ -229,32 +251,53 @@ def tag_wave(tagger: Tagger, wave: np.ndarray, rate: int, *, window: float = 10.
 
 
 def tag_file(tagger: Tagger, path: str | Path, **options) -> TagResult:
-    """Tag an audio file of any common format, rate and channel count; `AudioProblem` if it cannot be read.
+    """Tag an audio file of any common format, rate, channel count and length; `AudioProblem` if it
+    cannot be read. `options`: those of `tag_wave` (window, hop, batch_size, progress). The file is
+    decoded, resampled and windowed a block at a time (`pipeline.audio.open_mono`), so memory does not
+    grow with its length."""
+    stream = open_mono(path)
+    return tag_blocks(tagger, stream.blocks, stream.rate, stream.channels, frames=stream.frames,
+                      source=str(path), **options)
 
-    `options`: those of `tag_wave` (window, hop, batch_size, progress). The file is decoded a block
-    at a time where libsndfile reads it (`pipeline.audio.read_mono`)."""
-    mono, rate, channels = read_mono(path)
-    return tag_mono(tagger, mono, rate, channels, source=str(path), **options)
 
-
-def tag_mono(tagger: Tagger, mono: np.ndarray, rate: int, channels: int = 1, *, window: float = 10.0,
-             hop: float = 5.0, batch_size: int = 16, progress: bool = False, source: str = "<wave>") -> TagResult:
+def tag_mono(tagger: Tagger, mono: np.ndarray, rate: int, channels: int = 1, **options) -> TagResult:
     """Tag a float32 mono wave at `rate` (its channels already averaged; `channels` is for the record)."""
+    return tag_blocks(tagger, [mono], rate, channels, frames=len(mono), **options)
+
+
+def tag_blocks(tagger: Tagger, blocks: Iterable[np.ndarray], rate: int, channels: int = 1, *,
+               frames: int | None = None, window: float = 10.0, hop: float = 5.0, batch_size: int = 16,
+               progress: bool = False, source: str = "<wave>") -> TagResult:
+    """Tag a float32 mono wave at `rate` that arrives in consecutive blocks; `frames`, its length if
+    known, only sizes the progress bar."""
     check_windows(window, hop)
-    check_wave(mono[None], rate, source)
-    duration = len(mono) / rate
-    mono = resample(mono, rate, tagger.sample_rate)
     sr = tagger.sample_rate
     window_samples, hop_samples = int(round(window * sr)), int(round(hop * sr))
+    frame_ms = tagger.fbank_options["frame_length"]
     if window_samples < tagger.frame_samples or hop_samples < 1:
-        raise PipelineError(f"window {window} s: shorter than one {tagger.fbank_options['frame_length']} ms "
-                            "analysis frame")
-    if len(mono) < tagger.frame_samples:
-        raise AudioProblem("too_short", f"{source}: {len(mono) / sr * 1000:.1f} ms of audio, shorter than one "
-                                        f"{tagger.fbank_options['frame_length']} ms analysis frame")
-    bounds = plan_windows(len(mono), window_samples, hop_samples)
-    scores = score_windows(tagger, mono, bounds, input_length(tagger, window_samples), batch_size, progress,
-                           desc=Path(source).name)
+        raise PipelineError(f"window {window} s: shorter than one {frame_ms} ms analysis frame")
+    decoded = 0
+
+    def checked(blocks):
+        """The blocks, counted; bad audio is an AudioProblem before the last windows are scored."""
+        nonlocal decoded
+        for block in blocks:
+            check_finite(block, source)
+            decoded += len(block)
+            yield block
+        check_length(decoded, rate, source)
+        if -(-decoded * sr // rate) < tagger.frame_samples:
+            raise AudioProblem("too_short", f"{source}: {decoded / rate * 1000:.1f} ms of audio, shorter than one "
+                                            f"{frame_ms} ms analysis frame")
+
+    windows = stream_windows(resample_blocks(checked(blocks), rate, sr), window_samples, hop_samples,
+                             tagger.frame_samples)
+    expected = len(plan_windows(-(-frames * sr // rate), window_samples, hop_samples)) if frames else None
+    # delay: a bar only for files that take a while; disable=None: only on a terminal
+    with tqdm(total=expected, desc=Path(source).name, unit="window", disable=None if progress else True,
+              delay=1.0, mininterval=0.5, leave=False) as bar:
+        bounds, scores = score_windows(tagger, windows, input_length(tagger, window_samples), batch_size, bar)
+    duration = decoded / rate
     starts = bounds[:, 0] / sr
     # the file's own duration ends the timeline (resampling may round the length up by a fraction of a sample)
     ends = np.minimum(starts + window_samples / sr, duration)

@@ -112,3 +112,50 @@ def test_read_mono_reports_the_problems_read_audio_reports(tmp_path):
     (tmp_path / "cut.flac").write_bytes(full[: len(full) // 2])
     for name in ("none.wav", "corrupt.wav", "empty.flac", "cut.flac"):
         assert _problem(read_mono, tmp_path / name) == _problem(read_audio, tmp_path / name)
+
+
+def test_integer_pcm_decoded_by_ffmpeg_is_scaled_to_full_scale(tmp_path):
+    """ALAC (in .m4a, which libsndfile does not read) decodes to 32-bit integers: they must come out
+    in [-1, 1) like every other format (they came out unscaled, 2^31 times too loud, before)."""
+    import av
+
+    rate = 22050
+    wave = np.stack([tone(1.5, rate), 0.5 * tone(1.5, rate)])
+    with av.open(str(tmp_path / "x.m4a"), "w") as out:
+        stream = out.add_stream("alac", rate=rate, layout="stereo")
+        frame = av.AudioFrame.from_ndarray(np.round(wave * 32767).astype(np.int16), format="s16p", layout="stereo")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    decoded, decoded_rate = read_audio(tmp_path / "x.m4a")
+    assert decoded_rate == rate and decoded.dtype == np.float32
+    np.testing.assert_allclose(decoded[:, :wave.shape[1]], wave, atol=1e-4)
+
+
+@pytest.mark.parametrize("rate", [44100, 48000, 22050, 8000, 16000, 11025])
+def test_resampling_block_by_block_equals_resampling_the_whole_wave(rate):
+    from pipeline.audio import resample, resample_blocks
+
+    rng = np.random.default_rng(rate)
+    for seconds in (0.0001, 0.3, 3.7):
+        wave = rng.normal(0, 0.3, max(1, int(seconds * rate))).astype(np.float32)
+        blocks = np.split(wave, np.sort(rng.choice(np.arange(1, len(wave)), min(len(wave) - 1, 9), replace=False)))
+        chunks = list(resample_blocks(iter(blocks), rate, 16000, chunk_seconds=0.5))  # many chunks, odd blocks
+        whole = resample(wave, rate, 16000)
+        assert sum(map(len, chunks)) == len(whole)
+        np.testing.assert_allclose(np.concatenate(chunks), whole, rtol=0, atol=1e-6)  # float rounding only
+    assert list(resample_blocks(iter([]), rate, 16000)) == []
+
+
+def test_open_mono_reads_lazily_and_reports_damage_found_while_reading(tmp_path):
+    from pipeline.audio import open_mono
+
+    path = write_encoded(tmp_path / "x.flac", tone(3.0, 16000, channels=2), 16000)
+    stream = open_mono(path, block_seconds=1.0)
+    assert (stream.rate, stream.channels, stream.frames) == (16000, 2, 48000)
+    assert [len(block) for block in stream.blocks] == [16000, 16000, 16000]
+    full = write_encoded(tmp_path / "full.flac", np.random.default_rng(0).normal(0, 0.1, 64000), 16000).read_bytes()
+    (tmp_path / "cut.flac").write_bytes(full[: len(full) // 2])
+    with pytest.raises(AudioProblem, match="cut.flac: truncated or damaged stream") as err:
+        list(open_mono(tmp_path / "cut.flac", block_seconds=0.5).blocks)
+    assert err.value.reason == "truncated"
