@@ -3,19 +3,20 @@
 - `load_tagger(checkpoint, device)`: the model and everything it needs, from one checkpoint of the
   train or average stage (class ids and names, fbank options, target length, normalisation stats,
   model config travel inside it; nothing else is read).
-- `tag_file(tagger, path, ...)` / `tag_wave(tagger, wave, rate, ...)` / `tag_mono(...)`: a `TagResult`
-  holding every window's scores, with `max` and `mean` per class over the windows, ranked by `max`.
+- `tag_file(tagger, path, ...)` / `tag_wave(tagger, wave, rate, ...)` / `tag_mono(...)` / `tag_blocks(...)`:
+  a `TagResult` holding every window's scores, with `max` and `mean` per class over the windows,
+  ranked by `max`.
 
 Windows: `window` seconds starting every `hop` seconds from 0, as many as it takes for the last one
 to reach the end of the file (it is cut at the end); a file shorter than one window is one window.
 Each window goes through what a training clip went through: the file's channels averaged and
 resampled to the checkpoint's rate (`pipeline.audio.downmix` and `resample`, as the prepare stage
-does; here a block at a time, `resample_blocks`), the features stage's fbank with the checkpoint's options (`fbank_from_options`), zero-padded
-to the model's input length, rounded to float16 as the features stage stores it, normalised with
-the checkpoint's stats as in evaluation. The input length is the checkpoint's target_length, or the
-frames of one full window when windows are longer than that (the model pools over time, so a long
-window is scored whole rather than cut). A window of exactly the training clip length therefore
-scores as that clip scores in evaluation.
+does; here a block at a time, `resample_blocks`), the features stage's fbank with the checkpoint's
+options (`fbank_from_options`), zero-padded to the model's input length, rounded to float16 as the
+features stage stores it, normalised with the checkpoint's stats as in evaluation. The input length
+is the checkpoint's target_length, or the frames of one full window when windows are longer than
+that (the model pools over time, so a long window is scored whole rather than cut). A window of
+exactly the training clip length therefore scores as that clip scores in evaluation.
 
 Memory does not grow with the file's length: it is decoded, resampled and cut into windows a block
 at a time (30 s), and only one batch of windows is turned into fbanks at a time; what is kept per
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.audio import AudioProblem, check_finite, check_length, downmix, open_mono, resample_blocks
+from pipeline.audio import check_finite, check_length, downmix, open_mono, resample_blocks
 from pipeline.augment import prepare_eval_batch
 from pipeline.errors import PipelineError
 from pipeline.features import fbank_from_options
@@ -273,9 +274,9 @@ def tag_blocks(tagger: Tagger, blocks: Iterable[np.ndarray], rate: int, channels
     check_windows(window, hop)
     sr = tagger.sample_rate
     window_samples, hop_samples = int(round(window * sr)), int(round(hop * sr))
-    frame_ms = tagger.fbank_options["frame_length"]
     if window_samples < tagger.frame_samples or hop_samples < 1:
-        raise PipelineError(f"window {window} s: shorter than one {frame_ms} ms analysis frame")
+        raise PipelineError(f"window {window} s: shorter than one {tagger.fbank_options['frame_length']} ms "
+                            "analysis frame")
     decoded = 0
 
     def checked(blocks):
@@ -285,10 +286,7 @@ def tag_blocks(tagger: Tagger, blocks: Iterable[np.ndarray], rate: int, channels
             check_finite(block, source)
             decoded += len(block)
             yield block
-        check_length(decoded, rate, source)
-        if -(-decoded * sr // rate) < tagger.frame_samples:
-            raise AudioProblem("too_short", f"{source}: {decoded / rate * 1000:.1f} ms of audio, shorter than one "
-                                            f"{frame_ms} ms analysis frame")
+        check_length(decoded, rate, source)  # at least 25 ms: at least one frame at the checkpoint's rate
 
     windows = stream_windows(resample_blocks(checked(blocks), rate, sr), window_samples, hop_samples,
                              tagger.frame_samples)

@@ -278,3 +278,22 @@ def test_memory_does_not_grow_with_the_length_of_the_file(tagger, tmp_path):
         tracemalloc.stop()
         assert result.ends[-1] == pytest.approx(60.0 * minutes)
     assert peaks[16] < 1.02 * peaks[4] and peaks[16] < 80e6, peaks
+
+
+def test_unusable_audio_is_an_audio_problem_even_when_found_late_in_the_stream(tagger):
+    from pipeline.audio import AudioProblem
+    from pipeline.tagging import tag_blocks
+
+    def reasons(blocks, rate=16000):
+        with pytest.raises(AudioProblem) as err:
+            tag_blocks(tagger, iter(blocks), rate, window=WINDOW, hop=HOP, source="x.wav")
+        return err.value.reason, str(err.value)
+
+    good = tone(40.0, 16000)
+    late_nan = good.copy()
+    late_nan[-5] = np.nan  # in the last of several blocks, after windows were scored
+    assert reasons(np.split(late_nan, 4)) == ("non_finite", "x.wav: audio contains NaN or infinite samples")
+    assert reasons([]) == ("empty_audio", "x.wav: audio has zero samples")
+    assert reasons([good[:100], good[100:200]]) == ("too_short", "x.wav: 12.5 ms of audio, shorter than one 25 ms frame")
+    assert reasons([tone(0.025, 44100)[:1102]], 44100)[0] == "too_short"  # 24.99 ms
+    assert len(tag_blocks(tagger, [tone(0.03, 44100)[:1103]], 44100, window=WINDOW, hop=HOP).starts) == 1
