@@ -182,18 +182,8 @@ def open_mono(path: str | Path, block_seconds: float = 30.0) -> MonoStream:
     return _decode(path, with_libsndfile, with_pyav)
 
 
-def read_mono(path: str | Path, block_seconds: float = 30.0) -> tuple[np.ndarray, int, int]:
-    """Decode a file to float32 mono at its own rate, a block at a time (`open_mono`); returns
-    `(mono, rate, channels)`. Problems as `read_audio`'s."""
-    stream = open_mono(path, block_seconds)
-    blocks = list(stream.blocks)
-    return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), stream.rate, stream.channels
-
-
 def check_wave(wave: np.ndarray, rate: int, source: str) -> None:
     """Reject audio no fbank can be computed from."""
-    if wave.size == 0:
-        raise AudioProblem("empty_audio", f"{source}: audio has zero samples")
     check_finite(wave, source)
     check_length(wave.shape[-1], rate, source)
 

@@ -113,14 +113,15 @@ def extract_features(entries: list[Entry], *, split: str, data_root: str | Path,
                 report.add_skip(entry.clip_id, str(path), problem.reason, detail)
                 continue
             row = report.written
-            handle["fbank"][row] = fbank.astype(np.float16)
+            stored = fbank.astype(np.float16)
+            handle["fbank"][row] = stored
             handle["n_frames"][row] = frames
             handle["clip_id"][row] = entry.clip_id
             onehot = np.zeros(len(classes), np.uint8)
             onehot[[column[label] for label in entry.labels]] = 1
             handle["labels"][row] = onehot
             report.written += 1
-            for part in (entry.clip_id.encode(), fbank.astype(np.float16).tobytes(), onehot.tobytes()):
+            for part in (entry.clip_id.encode(), stored.tobytes(), onehot.tobytes()):
                 content.update(part)
         bar.close()
         for name in DATASETS:

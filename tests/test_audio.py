@@ -92,9 +92,18 @@ def test_write_flac_is_atomic_and_leaves_no_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.flac"]
 
 
+def read_mono(path, block_seconds=30.0):
+    """The whole of `open_mono`'s blocks: `(mono, rate, channels)`."""
+    from pipeline.audio import open_mono
+
+    stream = open_mono(path, block_seconds)
+    blocks = list(stream.blocks)
+    return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), stream.rate, stream.channels
+
+
 @pytest.mark.parametrize("suffix", [".wav", ".flac", ".ogg", ".m4a"])
 def test_read_mono_block_by_block_equals_read_audio_then_downmix(tmp_path, suffix):
-    from pipeline.audio import downmix, read_mono
+    from pipeline.audio import downmix
 
     path = write_encoded(tmp_path / f"x{suffix}", tone(2.3, 22050, channels=2), 22050)
     wave, rate = read_audio(path)
@@ -104,8 +113,6 @@ def test_read_mono_block_by_block_equals_read_audio_then_downmix(tmp_path, suffi
 
 
 def test_read_mono_reports_the_problems_read_audio_reports(tmp_path):
-    from pipeline.audio import read_mono
-
     (tmp_path / "corrupt.wav").write_bytes(b"this is not audio at all" * 50)
     (tmp_path / "empty.flac").write_bytes(b"")
     full = write_encoded(tmp_path / "full.flac", np.random.default_rng(0).normal(0, 0.1, 32000), 16000).read_bytes()
