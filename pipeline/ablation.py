@@ -13,6 +13,8 @@ checkpoints vs its WA models, its WA models vs their ensemble). Writes `ablation
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import shutil
@@ -222,20 +224,22 @@ def _fmt(value: float | None, digits: int = 4, sign: bool = False) -> str:
 def write_reports(rows: list[Row], out_dir: Path, command: str, seconds: float) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     base = rows[0].mean
-    csv_lines = ["variant,technique,mAP_mean,mAP_std,delta,seeds,per_seed,overrides,note"]
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["variant", "technique", "mAP_mean", "mAP_std", "delta", "seeds", "per_seed", "overrides", "note"])
     md = ["| technique | eval mAP (mean ± sd over seeds) | Δ vs full | seeds |", "|---|---|---|---|"]
     for row in rows:
         delta = None if row.mean is None or row is rows[0] else row.mean - base
         per = " ".join(f"{s}:{v:.4f}" for s, v in row.per_seed.items())
-        csv_lines.append(",".join([row.variant, f'"{row.technique}"', _fmt(row.mean), _fmt(row.spread), _fmt(delta, sign=True),
-                                   str(len(row.per_seed)), f'"{per}"', f'"{" ".join(row.overrides)}"', f'"{row.note}"']))
+        writer.writerow([row.variant, row.technique, _fmt(row.mean), _fmt(row.spread), _fmt(delta, sign=True),
+                         len(row.per_seed), per, " ".join(row.overrides), row.note])
         value = row.note if row.mean is None else (
             f"{row.mean:.4f}" + (f" ± {row.spread:.4f}" if row.spread is not None else ""))
         note = f" ({row.note})" if row.note and row.mean is not None else ""
         md.append(f"| {row.technique}{note} | {value} | {_fmt(delta, sign=True)} | {len(row.per_seed) or ''} |")
     md += ["", f"Produced by `{command}` in {seconds / 60:.1f} min; mAP on the `{SPLIT}` split."]
     paths = {"csv": out_dir / "ablation.csv", "md": out_dir / "ablation.md", "png": out_dir / "ablation.png"}
-    atomic_write_text(paths["csv"], "\n".join(csv_lines) + "\n")
+    atomic_write_text(paths["csv"], table.getvalue())
     atomic_write_text(paths["md"], "\n".join(md) + "\n")
     _bar_plot(rows, paths["png"])
     return paths
