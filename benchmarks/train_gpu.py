@@ -91,7 +91,9 @@ def main():
             model = model.to_channels_last()
         trained = torch.compile(model) if compiled else model
         rates[label] = step_rate(trained, x, y, args.steps, amp)
-        print(f"  {label:<32} {rates[label]:8.1f} clips/s  ({count_parameters(model) / 1e6:.1f}M params)", flush=True)
+        ratio = rates[label] / rates[configs[0][0]]  # the baseline: plain fp32, the first configuration
+        print(f"  {label:<32} {rates[label]:8.1f} clips/s  {ratio:4.2f}x fp32  ({count_parameters(model) / 1e6:.1f}M params)",
+              flush=True)
         del model, trained
 
     with tempfile.TemporaryDirectory() as tmp:
