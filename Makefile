@@ -28,6 +28,8 @@ ablation: $(STAMP)
 	python -m pipeline.ablation $(ABLATION_ARGS)
 
 test: $(STAMP)
+	ruff check .
+	ruff format --check .
 	python -m pytest -n 2 -q
 
 # Re-lock every transitive dependency after editing pyproject.toml's pins.

@@ -35,8 +35,10 @@ def write_dataset(root: Path, n: int, audio: list[str], seed: int = 0) -> Path:
     """A manifest of n clips (reusing the distinct audio files) and a 4-class list."""
     rng = np.random.default_rng(seed)
     labels = ["/m/a", "/m/b", "/m/c", "/m/d"]
-    entries = [Entry(f"c{i:06d}", audio[i % len(audio)], tuple(rng.choice(labels, rng.integers(1, 3), replace=False)))
-               for i in range(n)]
+    entries = [
+        Entry(f"c{i:06d}", audio[i % len(audio)], tuple(rng.choice(labels, rng.integers(1, 3), replace=False)))
+        for i in range(n)
+    ]
     write_manifest(root / "manifest.csv", entries)
     (root / "classes.csv").write_text(CLASSES_CSV)
     return root / "manifest.csv"
@@ -48,9 +50,16 @@ def peak_rss_mb(code: str) -> tuple[float, dict]:
     The peak is VmHWM of the new address space: getrusage's ru_maxrss would also count the
     parent's RSS at fork time, which survives exec on Linux.
     """
-    wrapper = code + ("\nimport json, re\nhwm = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1])"
-                      "\nprint(json.dumps({'rss': hwm, **RESULT}))")
-    out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}).stdout
+    wrapper = code + (
+        "\nimport json, re\nhwm = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1])"
+        "\nprint(json.dumps({'rss': hwm, **RESULT}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", wrapper],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    ).stdout
     result = json.loads(out.strip().splitlines()[-1])
     return result.pop("rss") / 1024, result

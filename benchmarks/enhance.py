@@ -45,13 +45,15 @@ def vocabulary(n_classes: int = 527, seed: int = 0):
     placed = 7
     while placed < n_classes:
         width = min(n_classes - placed, 4 * len(level))
-        nxt = mids[placed:placed + width]
+        nxt = mids[placed : placed + width]
         for mid in nxt:
             children[level[rng.integers(len(level))]].append(mid)
         level, placed = nxt, placed + width
     abstract = set(rng.choice(mids[:40], 5, replace=False))
-    ontology = [{"id": m, "name": m, "child_ids": children[m],
-                 "restrictions": ["abstract"] if m in abstract else []} for m in mids]
+    ontology = [
+        {"id": m, "name": m, "child_ids": children[m], "restrictions": ["abstract"] if m in abstract else []}
+        for m in mids
+    ]
     return ClassList(tuple(mids), tuple(mids)), ontology, "synthetic tree"
 
 
@@ -114,8 +116,12 @@ def peak_rss_mb() -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=200_000)
-    parser.add_argument("--baseline-clips", type=int, default=0,
-                        help="run the baseline loop on the first N clips and extrapolate (default 0: all clips)")
+    parser.add_argument(
+        "--baseline-clips",
+        type=int,
+        default=0,
+        help="run the baseline loop on the first N clips and extrapolate (default 0: all clips)",
+    )
     parser.add_argument("--stat", default="mean", choices=["mean", "median", "25", "10", "5"])
     parser.add_argument("--types", nargs="+", default=["type1", "type2"], choices=["type1", "type2"])
     parser.add_argument("--chunk-rows", type=int, default=16384)
@@ -127,9 +133,11 @@ def main():
     c = len(classes)
     t0 = time.perf_counter()
     labels, scores = make_data(args.clips, relations)
-    print(f"{args.clips} clips x {c} classes ({source}): {labels.sum() / args.clips:.2f} labels/clip, "
-          f"scores float32 {scores.nbytes / 2**20:.0f} MiB, labels {labels.nbytes / 2**20:.0f} MiB "
-          f"(generated in {time.perf_counter() - t0:.1f} s); enhance {args.stat}, {'+'.join(args.types)}")
+    print(
+        f"{args.clips} clips x {c} classes ({source}): {labels.sum() / args.clips:.2f} labels/clip, "
+        f"scores float32 {scores.nbytes / 2**20:.0f} MiB, labels {labels.nbytes / 2**20:.0f} MiB "
+        f"(generated in {time.perf_counter() - t0:.1f} s); enhance {args.stat}, {'+'.join(args.types)}"
+    )
 
     runs = []
     for repeat in range(args.repeats):
@@ -157,20 +165,31 @@ def main():
     assert mismatch == 0, f"{mismatch} of {m} clips differ from the baseline loop"
     base_s = base_threshold_s + base_loop_s * args.clips / m
 
-    print(f"added {ours.added} labels ({', '.join(f'{t} {n}' for t, n in ours.added_by_type.items())}) "
-          f"to {ours.clips_changed} clips; baseline loop agrees on {'all' if m == args.clips else f'the first {m}'} clips")
-    loop = (f"per-clip loop {base_loop_s:.2f} s" if m == args.clips else
-            f"per-clip loop {base_loop_s:.3f} s on {m} clips -> {base_loop_s * args.clips / m:.2f} s extrapolated "
-            f"to {args.clips}")
-    print(f"baseline: thresholds {base_threshold_s:.2f} s + {loop}: total {base_s:.2f} s, "
-          f"{args.clips / base_s:,.0f} clips/s")
-    print(f"ours (enhance_labels, chunk {args.chunk_rows} rows): median {ours_s:.2f} s  "
-          f"(runs: {', '.join(f'{t:.2f}' for t in runs)}): {args.clips / ours_s:,.0f} clips/s; "
-          f"2M clips would take ~{2_000_000 / (args.clips / ours_s):.0f} s")
+    print(
+        f"added {ours.added} labels ({', '.join(f'{t} {n}' for t, n in ours.added_by_type.items())}) "
+        f"to {ours.clips_changed} clips; baseline loop agrees on {'all' if m == args.clips else f'the first {m}'} clips"
+    )
+    loop = (
+        f"per-clip loop {base_loop_s:.2f} s"
+        if m == args.clips
+        else f"per-clip loop {base_loop_s:.3f} s on {m} clips -> {base_loop_s * args.clips / m:.2f} s extrapolated "
+        f"to {args.clips}"
+    )
+    print(
+        f"baseline: thresholds {base_threshold_s:.2f} s + {loop}: total {base_s:.2f} s, "
+        f"{args.clips / base_s:,.0f} clips/s"
+    )
+    print(
+        f"ours (enhance_labels, chunk {args.chunk_rows} rows): median {ours_s:.2f} s  "
+        f"(runs: {', '.join(f'{t:.2f}' for t in runs)}): {args.clips / ours_s:,.0f} clips/s; "
+        f"2M clips would take ~{2_000_000 / (args.clips / ours_s):.0f} s"
+    )
     print(f"speed-up: {base_s / ours_s:.0f}x")
-    print(f"memory: numpy allocations during our call peak at {traced_peak / 2**20:.0f} MiB "
-          f"(of which the [N, C] bool output {ours.labels.nbytes / 2**20:.0f} MiB); "
-          f"process peak RSS {peak_rss_mb():.0f} MiB (inputs included)")
+    print(
+        f"memory: numpy allocations during our call peak at {traced_peak / 2**20:.0f} MiB "
+        f"(of which the [N, C] bool output {ours.labels.nbytes / 2**20:.0f} MiB); "
+        f"process peak RSS {peak_rss_mb():.0f} MiB (inputs included)"
+    )
 
 
 if __name__ == "__main__":

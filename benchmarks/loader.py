@@ -93,28 +93,48 @@ def main():
         audio = write_clips(root, args.clips, 10.0)
         entries = read_manifest(write_dataset(root, args.clips, audio))
         classes = read_classes(root / "classes.csv")
-        extract_features(entries, split="train", data_root=root, out=root / "train.h5", cfg=features,
-                         classes=classes, on_bad="fail", progress=False)
+        extract_features(
+            entries,
+            split="train",
+            data_root=root,
+            out=root / "train.h5",
+            cfg=features,
+            classes=classes,
+            on_bad="fail",
+            progress=False,
+        )
         weights = sample_weights(label_matrix(entries, classes))
         draws = (args.batches + 1) * args.batch
 
         for workers in args.workers:
-            params = Params.model_validate({"features": PAPER_FEATURES, "augment": PAPER_AUGMENT,
-                                            "train": {"batch_size": args.batch, "num_workers": workers}})
+            params = Params.model_validate(
+                {
+                    "features": PAPER_FEATURES,
+                    "augment": PAPER_AUGMENT,
+                    "train": {"batch_size": args.batch, "num_workers": workers},
+                }
+            )
             ours, base = [], []
             for repeat in range(args.repeats):
-                loader = train_loader(params, FeatureDataset(root / "train.h5"), weights, seed=repeat,
-                                      num_samples=draws)
+                loader = train_loader(
+                    params, FeatureDataset(root / "train.h5"), weights, seed=repeat, num_samples=draws
+                )
                 batches = device_batches(loader, params, norm, "cpu", torch.Generator().manual_seed(repeat))
                 ours.append(clips_per_second(batches, args.batches, args.batch))
                 del batches, loader
-                baseline = DataLoader(OnTheFlyDataset(root, entries, classes, params, norm), batch_size=args.batch,
-                                      sampler=make_sampler(params, weights, seed=repeat, num_samples=draws),
-                                      num_workers=workers, prefetch_factor=4 if workers else None)
+                baseline = DataLoader(
+                    OnTheFlyDataset(root, entries, classes, params, norm),
+                    batch_size=args.batch,
+                    sampler=make_sampler(params, weights, seed=repeat, num_samples=draws),
+                    num_workers=workers,
+                    prefetch_factor=4 if workers else None,
+                )
                 base.append(clips_per_second(baseline, max(2, args.batches // 2), args.batch))
             o, b = statistics.median(ours), statistics.median(base)
-            print(f"loader, 10 s clips, batch {args.batch}, {workers} workers: ours {o:.0f} clips/s, on-the-fly "
-                  f"baseline {b:.1f} clips/s (medians of {args.repeats}); ratio {o / b:.1f}x (target >= 10x)")
+            print(
+                f"loader, 10 s clips, batch {args.batch}, {workers} workers: ours {o:.0f} clips/s, on-the-fly "
+                f"baseline {b:.1f} clips/s (medians of {args.repeats}); ratio {o / b:.1f}x (target >= 10x)"
+            )
 
         rss = {}
         for n in (1000, 10000):
@@ -122,15 +142,19 @@ def main():
             with h5py.File(path, "w") as f:
                 fbank = f.create_dataset("fbank", shape=(n, 100, 128), dtype="float16", chunks=(1, 100, 128))
                 for start in range(0, n, 1000):
-                    fbank[start:start + 1000] = np.random.default_rng(start).normal(-5, 4, (1000, 100, 128))
+                    fbank[start : start + 1000] = np.random.default_rng(start).normal(-5, 4, (1000, 100, 128))
                 f["labels"] = np.zeros((n, 4), np.uint8)
                 f["n_frames"] = np.full(n, 100, np.int32)
                 f["clip_id"] = [f"c{i}" for i in range(n)]
-            code = (f"import numpy as np\nfrom pipeline.loader import FeatureDataset\nds = FeatureDataset({str(path)!r})\n"
-                    f"for i in np.random.default_rng(0).integers(0, len(ds), 3000): ds[int(i)]\nRESULT = {{}}")
+            code = (
+                f"import numpy as np\nfrom pipeline.loader import FeatureDataset\nds = FeatureDataset({str(path)!r})\n"
+                f"for i in np.random.default_rng(0).integers(0, len(ds), 3000): ds[int(i)]\nRESULT = {{}}"
+            )
             rss[n], _ = peak_rss_mb(code)
-        print(f"memory: loader worker peak RSS {rss[1000]:.0f} MB reading a 1,000-clip file, {rss[10000]:.0f} MB "
-              f"reading a 10,000-clip file; ratio {rss[10000] / rss[1000]:.2f}x")
+        print(
+            f"memory: loader worker peak RSS {rss[1000]:.0f} MB reading a 1,000-clip file, {rss[10000]:.0f} MB "
+            f"reading a 10,000-clip file; ratio {rss[10000] / rss[1000]:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,10 @@ def main():
     args = parser.parse_args()
 
     labels, scores = make_data(args.clips, args.classes, np.dtype(args.dtype))
-    print(f"{args.clips} clips x {args.classes} classes ({args.dtype}), "
-          f"{labels.mean() * 100:.2f}% positive, {(labels.sum(axis=0) == 0).sum()} classes without positives")
+    print(
+        f"{args.clips} clips x {args.classes} classes ({args.dtype}), "
+        f"{labels.mean() * 100:.2f}% positive, {(labels.sum(axis=0) == 0).sum()} classes without positives"
+    )
 
     evaluate(labels, scores)  # warm up
     ours_runs, base_runs = [], []
@@ -70,8 +72,12 @@ def main():
     ids = [str(k) for k in base["classes"]]
     ap = np.array([ours["per_class_AP"][k] for k in ids])
     auc = np.array([ours["per_class_AUC"][k] for k in ids])
-    diff = max(np.abs(ap - base["ap"]).max(), np.abs(auc - base["auc"]).max(),
-               abs(ours["mAP"] - base["mAP"]), abs(ours["mAUC"] - base["mAUC"]))
+    diff = max(
+        np.abs(ap - base["ap"]).max(),
+        np.abs(auc - base["auc"]).max(),
+        abs(ours["mAP"] - base["mAP"]),
+        abs(ours["mAUC"] - base["mAUC"]),
+    )
     assert ours["n_scored_classes"] == len(ids), "classes without positives must be left out, as in the loop"
     assert diff < 1e-9, f"values differ from sklearn: max abs difference {diff:.3g}"
 

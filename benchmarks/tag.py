@@ -44,15 +44,24 @@ def write_checkpoint(path: Path, classes: int) -> str:
     cfg = params.model.model_copy(update={"pretrained": "none"})
     torch.manual_seed(0)
     model = create_model(cfg, classes)
-    save_checkpoint(path, {
-        "format": CHECKPOINT_FORMAT, "model_config": cfg.model_dump(mode="json"), "model": model.state_dict(),
-        "class_ids": [f"/m/bench{i:03d}" for i in range(classes)],
-        "class_names": [f"class {i}" for i in range(classes)],
-        "fbank_options": fbank_options(params.features), "target_length": params.features.target_length,
-        "norm": {"mean": params.features.paper_mean, "std": params.features.paper_std},
-        "describe": describe(cfg, classes, model)})
-    return f"{cfg.name}, {cfg.heads} heads, {params.features.num_mel_bins} mel bins, " \
-           f"{params.features.frame_shift_ms:g} ms frames, target_length {params.features.target_length}"
+    save_checkpoint(
+        path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model_config": cfg.model_dump(mode="json"),
+            "model": model.state_dict(),
+            "class_ids": [f"/m/bench{i:03d}" for i in range(classes)],
+            "class_names": [f"class {i}" for i in range(classes)],
+            "fbank_options": fbank_options(params.features),
+            "target_length": params.features.target_length,
+            "norm": {"mean": params.features.paper_mean, "std": params.features.paper_std},
+            "describe": describe(cfg, classes, model),
+        },
+    )
+    return (
+        f"{cfg.name}, {cfg.heads} heads, {params.features.num_mel_bins} mel bins, "
+        f"{params.features.frame_shift_ms:g} ms frames, target_length {params.features.target_length}"
+    )
 
 
 def write_audio(path: Path, minutes: float) -> float:
@@ -98,22 +107,48 @@ def main():
         o, p = statistics.median(ours), statistics.median(plain)
 
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "pipeline.commands", "tag", str(tmp / "audio.flac"), "--model",
-                        str(tmp / "model.pt"), "--device", "cpu", "--window", str(args.window), "--hop",
-                        str(args.hop), "--batch-size", str(args.batch_size), "--format", "json", "--no-progress"],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.commands",
+                "tag",
+                str(tmp / "audio.flac"),
+                "--model",
+                str(tmp / "model.pt"),
+                "--device",
+                "cpu",
+                "--window",
+                str(args.window),
+                "--hop",
+                str(args.hop),
+                "--batch-size",
+                str(args.batch_size),
+                "--format",
+                "json",
+                "--no-progress",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         whole = time.perf_counter() - start
     windows = len(batched.starts)
-    print(f"tag, {model_text}, {args.classes} classes; {seconds / 60:g} min of {RATE} Hz stereo FLAC, "
-          f"{windows} windows of {args.window:g} s every {args.hop:g} s, CPU, {torch.get_num_threads()} threads:")
-    print(f"  batched ({args.batch_size} windows): {o:.2f} s, {seconds / o:.0f}x real time, "
-          f"{windows / o:.1f} windows/s")
-    print(f"  one window at a time:   {p:.2f} s, {seconds / p:.0f}x real time, "
-          f"{windows / p:.1f} windows/s")
-    print(f"  (medians of {args.repeats}) ratio {p / o:.2f}x; target >= 20x real time: "
-          f"{'met' if seconds / o >= 20 else 'NOT met'}")
-    print(f"  whole `psla tag` command (start-up, model loading, decoding included): {whole:.2f} s, "
-          f"{seconds / whole:.0f}x real time")
+    print(
+        f"tag, {model_text}, {args.classes} classes; {seconds / 60:g} min of {RATE} Hz stereo FLAC, "
+        f"{windows} windows of {args.window:g} s every {args.hop:g} s, CPU, {torch.get_num_threads()} threads:"
+    )
+    print(
+        f"  batched ({args.batch_size} windows): {o:.2f} s, {seconds / o:.0f}x real time, {windows / o:.1f} windows/s"
+    )
+    print(f"  one window at a time:   {p:.2f} s, {seconds / p:.0f}x real time, {windows / p:.1f} windows/s")
+    print(
+        f"  (medians of {args.repeats}) ratio {p / o:.2f}x; target >= 20x real time: "
+        f"{'met' if seconds / o >= 20 else 'NOT met'}"
+    )
+    print(
+        f"  whole `psla tag` command (start-up, model loading, decoding included): {whole:.2f} s, "
+        f"{seconds / whole:.0f}x real time"
+    )
 
 
 if __name__ == "__main__":

@@ -45,10 +45,17 @@ def loader_rate(params: Params, path: Path, device, batches: int) -> float:
     # The workers prefetch 4 batches each before the first is asked for: drain those first, so the
     # timed batches are produced while timing (steady state), not read from the queue.
     warm_up = 4 * params.train.num_workers + 1
-    loader = train_loader(params, FeatureDataset(path), None, seed=0, device=device,
-                          num_samples=(warm_up + batches + 1) * params.train.batch_size)
-    iterator = device_batches(loader, params, Normaliser(-4.6476, 4.5699), device,
-                              torch.Generator(device=device).manual_seed(0))
+    loader = train_loader(
+        params,
+        FeatureDataset(path),
+        None,
+        seed=0,
+        device=device,
+        num_samples=(warm_up + batches + 1) * params.train.batch_size,
+    )
+    iterator = device_batches(
+        loader, params, Normaliser(-4.6476, 4.5699), device, torch.Generator(device=device).manual_seed(0)
+    )
     for _ in range(warm_up):
         next(iterator)
     sync(device)
@@ -73,15 +80,23 @@ def main():
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: this benchmark needs a GPU (use --device cpu for a smoke test)")
-    params = Params.model_validate({"model": {"name": args.model, "pretrained": "none"}, "features": {"target_length": args.frames},
-                                    "train": {"batch_size": args.batch, "num_workers": args.workers}})
+    params = Params.model_validate(
+        {
+            "model": {"name": args.model, "pretrained": "none"},
+            "features": {"target_length": args.frames},
+            "train": {"batch_size": args.batch, "num_workers": args.workers},
+        }
+    )
     torch.manual_seed(0)
     x = torch.randn(args.batch, args.frames, 128, device=device)
     y = (torch.rand(args.batch, 527, device=device) < 0.02).float()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{args.model}, 4 heads, 527 classes, batch {args.batch} x {args.frames} frames on {name}")
-    configs = [("fp32", None, False, False), ("bf16 autocast", torch.bfloat16, False, False),
-               ("bf16 + channels_last", torch.bfloat16, True, False)]
+    configs = [
+        ("fp32", None, False, False),
+        ("bf16 autocast", torch.bfloat16, False, False),
+        ("bf16 + channels_last", torch.bfloat16, True, False),
+    ]
     if not args.no_compile:
         configs.append(("bf16 + channels_last + compile", torch.bfloat16, True, True))
     rates = {}
@@ -92,15 +107,20 @@ def main():
         trained = torch.compile(model) if compiled else model
         rates[label] = step_rate(trained, x, y, args.steps, amp)
         ratio = rates[label] / rates[configs[0][0]]  # the baseline: plain fp32, the first configuration
-        print(f"  {label:<32} {rates[label]:8.1f} clips/s  {ratio:4.2f}x fp32  ({count_parameters(model) / 1e6:.1f}M params)",
-              flush=True)
+        print(
+            f"  {label:<32} {rates[label]:8.1f} clips/s  {ratio:4.2f}x fp32  "
+            f"({count_parameters(model) / 1e6:.1f}M params)",
+            flush=True,
+        )
         del model, trained
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "train.h5"
         n = max(4 * args.batch, 64)
         with h5py.File(path, "w") as f:
-            fbank = f.create_dataset("fbank", shape=(n, args.frames, 128), dtype="float16", chunks=(1, args.frames, 128))
+            fbank = f.create_dataset(
+                "fbank", shape=(n, args.frames, 128), dtype="float16", chunks=(1, args.frames, 128)
+            )
             for start in range(0, n, 100):
                 stop = min(n, start + 100)
                 fbank[start:stop] = np.random.default_rng(start).normal(-5, 4, (stop - start, args.frames, 128))
@@ -110,8 +130,10 @@ def main():
         feed = loader_rate(params, path, device, max(3 * args.steps, 5))
     best = max(rates.values())
     verdict = "keeps the GPU busy" if feed >= best else "is the bottleneck (add train.num_workers)"
-    print(f"  loader ({args.workers} workers, augmentation on {device.type}): {feed:.1f} clips/s -> {verdict} "
-          f"(fastest step {best:.1f} clips/s; ratio {feed / best:.2f})")
+    print(
+        f"  loader ({args.workers} workers, augmentation on {device.type}): {feed:.1f} clips/s -> {verdict} "
+        f"(fastest step {best:.1f} clips/s; ratio {feed / best:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -71,9 +71,11 @@ def main():
         ours_runs.append(clips_per_second(ours))
         plain_runs.append(clips_per_second(plain))
     o, p = statistics.median(ours_runs), statistics.median(plain_runs)
-    print(f"train step, {args.model}, batch {args.batch} x {args.frames} frames, CPU: ours {o:.1f} clips/s, "
-          f"plain loop {p:.1f} clips/s (medians of {args.repeats}); ratio {o / p:.3f}, "
-          f"overhead {100 * (p / o - 1):.1f}% (target <= 5%)")
+    print(
+        f"train step, {args.model}, batch {args.batch} x {args.frames} frames, CPU: ours {o:.1f} clips/s, "
+        f"plain loop {p:.1f} clips/s (medians of {args.repeats}); ratio {o / p:.3f}, "
+        f"overhead {100 * (p / o - 1):.1f}% (target <= 5%)"
+    )
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ import shutil
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from pipeline.config import Params
 from pipeline.errors import PipelineError
@@ -121,12 +121,19 @@ def _queue_states(project: Path) -> dict[str, str]:
     return states
 
 
-def run_queue(project: Path, names: list[str], jobs: int, env: dict[str, str], poll_s: float = 5.0,
-              progress: bool = True) -> None:
+def run_queue(
+    project: Path, names: list[str], jobs: int, env: dict[str, str], poll_s: float = 5.0, progress: bool = True
+) -> None:
     """Start DVC's queue workers and wait until every named experiment has finished."""
     # The workers outlive `dvc queue start`: no pipes to them, or this call would wait for them to exit.
-    started = subprocess.run(["dvc", "queue", "start", "--jobs", str(jobs)], cwd=project, env=env,
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = subprocess.run(
+        ["dvc", "queue", "start", "--jobs", str(jobs)],
+        cwd=project,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     if started.returncode != 0:
         raise PipelineError(f"dvc queue start failed in {project} (exit {started.returncode}); try: dvc queue start")
     start, reported = time.monotonic(), None
@@ -168,7 +175,9 @@ def _flatten_exp_show(rows: list[dict]) -> dict[str, dict]:
     return found
 
 
-def experiment_metrics(project: Path, names: dict[str, str], metrics_file: str = "metrics/eval.json") -> dict[str, dict]:
+def experiment_metrics(
+    project: Path, names: dict[str, str], metrics_file: str = "metrics/eval.json"
+) -> dict[str, dict]:
     """variant -> the evaluation JSON of its experiment."""
     shown = _flatten_exp_show(json.loads(_dvc(["exp", "show", "--json", "--no-pager"], project) or "[]"))
     out = {}
@@ -193,7 +202,9 @@ def per_seed(evaluation: dict, seeds: list[int], model: str = "wa") -> dict[int,
     entries = _split_of(evaluation, SPLIT)
     missing = [s for s in seeds if f"seed-{s}/{model}" not in entries]
     if missing:
-        raise PipelineError(f"the evaluation has no seed-{missing[0]}/{model} entry (is seed {missing[0]} in train.seeds?)")
+        raise PipelineError(
+            f"the evaluation has no seed-{missing[0]}/{model} entry (is seed {missing[0]} in train.seeds?)"
+        )
     return {s: float(entries[f"seed-{s}/{model}"]["mAP"]) for s in seeds}
 
 
@@ -208,12 +219,26 @@ def build_rows(params: Params, overrides: dict[str, list[str]], evaluations: dic
             rows.append(Row(variant, f"- {technique.label}", [], {}, note="already off in this recipe"))
             continue
         rows.append(Row(variant, f"- {technique.label}", overrides[variant], per_seed(evaluations[variant], seeds)))
-    rows.append(Row("no_weight_averaging", "- weight averaging (best checkpoints)", [], per_seed(full, seeds, "best"),
-                    note="read off the full recipe"))
+    rows.append(
+        Row(
+            "no_weight_averaging",
+            "- weight averaging (best checkpoints)",
+            [],
+            per_seed(full, seeds, "best"),
+            note="read off the full recipe",
+        )
+    )
     ensemble = _split_of(full, SPLIT).get("seed-ensemble")
     if ensemble and len(seeds) > 1:
-        rows.append(Row("seed_ensemble", f"+ ensemble of the {len(seeds)} seeds", [], {0: float(ensemble["mAP"])},
-                        note="read off the full recipe; one value, no spread"))
+        rows.append(
+            Row(
+                "seed_ensemble",
+                f"+ ensemble of the {len(seeds)} seeds",
+                [],
+                {0: float(ensemble["mAP"])},
+                note="read off the full recipe; one value, no spread",
+            )
+        )
     return rows
 
 
@@ -231,10 +256,24 @@ def write_reports(rows: list[Row], out_dir: Path, command: str, seconds: float) 
     for row in rows:
         delta = None if row.mean is None or row is rows[0] else row.mean - base
         per = " ".join(f"{s}:{v:.4f}" for s, v in row.per_seed.items())
-        writer.writerow([row.variant, row.technique, _fmt(row.mean), _fmt(row.spread), _fmt(delta, sign=True),
-                         len(row.per_seed), per, " ".join(row.overrides), row.note])
-        value = row.note if row.mean is None else (
-            f"{row.mean:.4f}" + (f" ± {row.spread:.4f}" if row.spread is not None else ""))
+        writer.writerow(
+            [
+                row.variant,
+                row.technique,
+                _fmt(row.mean),
+                _fmt(row.spread),
+                _fmt(delta, sign=True),
+                len(row.per_seed),
+                per,
+                " ".join(row.overrides),
+                row.note,
+            ]
+        )
+        value = (
+            row.note
+            if row.mean is None
+            else (f"{row.mean:.4f}" + (f" ± {row.spread:.4f}" if row.spread is not None else ""))
+        )
         note = f" ({row.note})" if row.note and row.mean is not None else ""
         md.append(f"| {row.technique}{note} | {value} | {_fmt(delta, sign=True)} | {len(row.per_seed) or ''} |")
     md += ["", f"Produced by `{command}` in {seconds / 60:.1f} min; mAP on the `{SPLIT}` split."]
@@ -278,13 +317,23 @@ def log_to_mlflow(params: Params, rows: list[Row], paths: dict[str, Path], names
         for path in paths.values():
             parent.log_artifact(path)
         for row in rows:
-            tags = {"variant": row.variant, "technique": row.technique, "dvc_experiment": names.get(row.variant),
-                    "overrides": " ".join(row.overrides) or None, "note": row.note or None,
-                    "mlflow.parentRunId": parent.run_id}  # None (tracking off) is dropped by stage_run
+            tags = {
+                "variant": row.variant,
+                "technique": row.technique,
+                "dvc_experiment": names.get(row.variant),
+                "overrides": " ".join(row.overrides) or None,
+                "note": row.note or None,
+                "mlflow.parentRunId": parent.run_id,
+            }  # None (tracking off) is dropped by stage_run
             with stage_run(params, "ablation", tags=tags, name=f"ablation-{row.variant}") as child:
                 if row.mean is not None:
-                    child.log_metrics({"mAP_mean": row.mean, **({"mAP_std": row.spread} if row.spread is not None else {}),
-                                       **{f"mAP_seed_{s}": v for s, v in row.per_seed.items()}})
+                    child.log_metrics(
+                        {
+                            "mAP_mean": row.mean,
+                            **({"mAP_std": row.spread} if row.spread is not None else {}),
+                            **{f"mAP_seed_{s}": v for s, v in row.per_seed.items()},
+                        }
+                    )
 
 
 def _worker_env(params: Params, project: Path) -> dict[str, str]:
@@ -297,7 +346,7 @@ def _worker_env(params: Params, project: Path) -> dict[str, str]:
     env = dict(os.environ)
     uri = tracking_uri(params)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str((Path(project) / uri[len("sqlite:///"):]).resolve())
+        uri = "sqlite:///" + str((Path(project) / uri[len("sqlite:///") :]).resolve())
     env["MLFLOW_TRACKING_URI"] = uri
     return env
 
@@ -305,13 +354,23 @@ def _worker_env(params: Params, project: Path) -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------
 
 
-def ablate(params: Params, project: Path, variants: list[str] | None = None, jobs: int = 1,
-           out_dir: str | Path = "reports", prefix: str | None = None, command: str = "python -m pipeline.ablation",
-           common: list[str] | None = None, progress: bool = True) -> list[Row]:
+def ablate(
+    params: Params,
+    project: Path,
+    variants: list[str] | None = None,
+    jobs: int = 1,
+    out_dir: str | Path = "reports",
+    prefix: str | None = None,
+    command: str = "python -m pipeline.ablation",
+    common: list[str] | None = None,
+    progress: bool = True,
+) -> list[Row]:
     """`params`: params.yaml with the `common` overrides, which every experiment gets too (`-S`)."""
     if len(params.train.seeds) < 2:
-        raise PipelineError(f"the ablation needs at least 2 seeds for a spread, train.seeds is {params.train.seeds}; "
-                            f"e.g. --set 'train.seeds=[1, 2]'")
+        raise PipelineError(
+            f"the ablation needs at least 2 seeds for a spread, train.seeds is {params.train.seeds}; "
+            f"e.g. --set 'train.seeds=[1, 2]'"
+        )
     if shutil.which("dvc") is None:
         raise PipelineError("dvc is not on PATH; run inside the project's environment (make ablation)")
     chosen = list(TECHNIQUES) if variants is None else variants
@@ -337,23 +396,40 @@ def main(argv: list[str] | None = None) -> None:
 
     from pipeline.cli import load_from_args, params_parser, run
 
-    parser = params_parser("Run the PSLA ablation as DVC experiments and write reports/ablation.{csv,md,png}. "
-                           "--set overrides apply to every experiment (the full recipe included).")
-    parser.add_argument("--variants", nargs="+", metavar="NAME", choices=list(TECHNIQUES),
-                        help=f"techniques to switch off (default: all of {', '.join(TECHNIQUES)})")
+    parser = params_parser(
+        "Run the PSLA ablation as DVC experiments and write reports/ablation.{csv,md,png}. "
+        "--set overrides apply to every experiment (the full recipe included)."
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        metavar="NAME",
+        choices=list(TECHNIQUES),
+        help=f"techniques to switch off (default: all of {', '.join(TECHNIQUES)})",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="experiments run at once by DVC's queue (default 1)")
     parser.add_argument("--out-dir", default="reports", help="where ablation.csv/.md/.png go (default: reports)")
     parser.add_argument("--prefix", help="experiment name prefix (default: abl<date>-<time>)")
 
     def body(args):
         if Path(args.params).resolve() != Path("params.yaml").resolve():
-            raise PipelineError(f"--params {args.params}: the experiments run the DAG on params.yaml; write your "
-                                f"params there (python -m pipeline.config --params {args.params} --out params.yaml) "
-                                f"or pass changes with --set")
+            raise PipelineError(
+                f"--params {args.params}: the experiments run the DAG on params.yaml; write your "
+                f"params there (python -m pipeline.config --params {args.params} --out params.yaml) "
+                f"or pass changes with --set"
+            )
         params = load_from_args(args)
         command = "python -m pipeline.ablation " + " ".join(argv if argv is not None else sys.argv[1:])
-        rows = ablate(params, Path.cwd(), args.variants, args.jobs, args.out_dir, args.prefix, command.strip(),
-                      common=args.overrides)
+        rows = ablate(
+            params,
+            Path.cwd(),
+            args.variants,
+            args.jobs,
+            args.out_dir,
+            args.prefix,
+            command.strip(),
+            common=args.overrides,
+        )
         print(Path(args.out_dir, "ablation.md").read_text(), end="")
         assert rows
 

@@ -17,8 +17,8 @@ unchanged), without the optimizer state, marked with `averaged_epochs`.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -55,9 +55,11 @@ def select_epochs(run_dir: str | Path, wa_start: int, wa_end: int) -> list[Path]
     present = epoch_files(run_dir)
     for epoch in range(wa_start, wa_end + 1):
         if epoch not in present:
-            raise PipelineError(f"{Path(run_dir) / f'epoch_{epoch:03d}.pt'}: missing (the run has epochs "
-                                f"{_span(present)}); set aggregate.wa_start/wa_end within the epochs trained "
-                                f"(train.epochs)")
+            raise PipelineError(
+                f"{Path(run_dir) / f'epoch_{epoch:03d}.pt'}: missing (the run has epochs "
+                f"{_span(present)}); set aggregate.wa_start/wa_end within the epochs trained "
+                f"(train.epochs)"
+            )
     return [present[e] for e in range(wa_start, wa_end + 1)]
 
 
@@ -73,24 +75,34 @@ def _arch_text(arch: dict) -> str:
 def _check_compatible(path: Path, payload: dict, first_path: Path, first: dict) -> None:
     a, b = _architecture(payload), _architecture(first)
     if a != b:
-        raise PipelineError(f"{path}: a different architecture ({_arch_text(a)}) from {first_path} ({_arch_text(b)}); "
-                            "weight averaging needs checkpoints of one model")
+        raise PipelineError(
+            f"{path}: a different architecture ({_arch_text(a)}) from {first_path} ({_arch_text(b)}); "
+            "weight averaging needs checkpoints of one model"
+        )
     if list(payload["class_ids"]) != list(first["class_ids"]):
-        raise PipelineError(f"{path}: its class ids differ from those of {first_path}; weight averaging needs "
-                            "checkpoints of one class list")
+        raise PipelineError(
+            f"{path}: its class ids differ from those of {first_path}; weight averaging needs "
+            "checkpoints of one class list"
+        )
     state, ref = payload["model"], first["model"]
     if state.keys() != ref.keys():
         extra = sorted(set(state) ^ set(ref))[0]
-        raise PipelineError(f"{path}: a different architecture from {first_path} (tensor '{extra}' is in only one); "
-                            "weight averaging needs checkpoints of one model")
+        raise PipelineError(
+            f"{path}: a different architecture from {first_path} (tensor '{extra}' is in only one); "
+            "weight averaging needs checkpoints of one model"
+        )
     for name, tensor in state.items():
         if tensor.shape != ref[name].shape or tensor.dtype != ref[name].dtype:
-            raise PipelineError(f"{path}: a different architecture from {first_path} (tensor '{name}' is "
-                                f"{list(tensor.shape)} {tensor.dtype}, there {list(ref[name].shape)} "
-                                f"{ref[name].dtype}); weight averaging needs checkpoints of one model")
+            raise PipelineError(
+                f"{path}: a different architecture from {first_path} (tensor '{name}' is "
+                f"{list(tensor.shape)} {tensor.dtype}, there {list(ref[name].shape)} "
+                f"{ref[name].dtype}); weight averaging needs checkpoints of one model"
+            )
     if dict(payload.get("norm") or {}) != dict(first.get("norm") or {}):
-        raise PipelineError(f"{path}: trained with other normalisation stats than {first_path}; weight averaging "
-                            "needs checkpoints of one run")
+        raise PipelineError(
+            f"{path}: trained with other normalisation stats than {first_path}; weight averaging "
+            "needs checkpoints of one run"
+        )
 
 
 def average_checkpoints(paths: Sequence[str | Path]) -> dict:
@@ -118,8 +130,10 @@ def average_checkpoints(paths: Sequence[str | Path]) -> dict:
             raise PipelineError(f"{path}: already a weight average; average the epoch checkpoints themselves")
         identity = (payload.get("fingerprint"), payload.get("seed"), payload.get("epoch"))
         if identity[0] is not None and identity in identities:
-            raise PipelineError(f"{path}: the same epoch {identity[2]} of the same run as {identities[identity]}; "
-                                "each epoch counts once in the average")
+            raise PipelineError(
+                f"{path}: the same epoch {identity[2]} of the same run as {identities[identity]}; "
+                "each epoch counts once in the average"
+            )
         identities[identity] = path
         epochs.append(payload.get("epoch"))
         if first is None:
@@ -139,8 +153,15 @@ def average_checkpoints(paths: Sequence[str | Path]) -> dict:
         else:  # integer buffers (num_batches_tracked): the last checkpoint's
             averaged[name] = tensor.clone()
     result = {k: v for k, v in payload.items() if k not in RESUME_ONLY}
-    result.update({"format": CHECKPOINT_FORMAT, "model": averaged, "averaged_epochs": epochs,
-                   "averaged_from": [p.name for p in paths], "bn_reestimated_batches": 0})
+    result.update(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": averaged,
+            "averaged_epochs": epochs,
+            "averaged_from": [p.name for p in paths],
+            "bn_reestimated_batches": 0,
+        }
+    )
     return result
 
 
@@ -182,8 +203,14 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable, n_batches: int) ->
     return used
 
 
-def reestimate_payload_batchnorm(payload: dict, params, train_features: str | Path, weights: dict[str, float] | None,
-                                 device: torch.device, n_batches: int | None = None) -> dict:
+def reestimate_payload_batchnorm(
+    payload: dict,
+    params,
+    train_features: str | Path,
+    weights: dict[str, float] | None,
+    device: torch.device,
+    n_batches: int | None = None,
+) -> dict:
     """`payload` with its model's BatchNorm statistics re-estimated on training batches (augmented as in
     training, drawn by the run's sampler from a generator seeded by the run's seed)."""
     from pipeline.loader import FeatureDataset, Normaliser, aligned_weights, device_batches, train_loader
@@ -195,15 +222,20 @@ def reestimate_payload_batchnorm(payload: dict, params, train_features: str | Pa
         return payload
     dataset = FeatureDataset(train_features)
     if dataset.num_classes != len(payload["class_ids"]):
-        raise PipelineError(f"{train_features}: {dataset.num_classes} label columns, but the checkpoint has "
-                            f"{len(payload['class_ids'])} classes; pass the training features the run used")
+        raise PipelineError(
+            f"{train_features}: {dataset.num_classes} label columns, but the checkpoint has "
+            f"{len(payload['class_ids'])} classes; pass the training features the run used"
+        )
     if params.sampling.balanced and weights is None:
-        raise PipelineError("sampling.balanced is true: pass --weights (the sampling weights the run trained with) "
-                            "to re-estimate BatchNorm statistics on batches drawn as in training")
+        raise PipelineError(
+            "sampling.balanced is true: pass --weights (the sampling weights the run trained with) "
+            "to re-estimate BatchNorm statistics on batches drawn as in training"
+        )
     row_weights = aligned_weights(dataset, weights, "weights") if weights is not None else None
     seed = int(payload.get("seed") or 0)
-    loader = train_loader(params, dataset, row_weights, seed=seed, device=device,
-                          num_samples=n_batches * params.train.batch_size)
+    loader = train_loader(
+        params, dataset, row_weights, seed=seed, device=device, num_samples=n_batches * params.train.batch_size
+    )
     loader.sampler.set_epoch(0)  # training uses epochs 1.., so these draws are their own
     generator = torch.Generator(device=device).manual_seed(epoch_seed(seed, 0))
     model = model_from_checkpoint(payload).to(device)
@@ -227,4 +259,3 @@ def running_statistic_names(model: nn.Module) -> set[str]:
             for buffer in ("running_mean", "running_var", "num_batches_tracked"):
                 names.add(f"{prefix}.{buffer}" if prefix else buffer)
     return names
-

@@ -136,6 +136,7 @@ def _damaged(path: Path, err: sf.LibsndfileError) -> AudioProblem | None:
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """Decode a file to float32 `[channels, samples]` at its own sample rate."""
+
     def with_libsndfile(text):
         wave, rate = sf.read(text, dtype="float32", always_2d=True)
         return np.ascontiguousarray(wave.T), rate
@@ -197,8 +198,9 @@ def check_length(samples: int, rate: int, source: str) -> None:
     if samples == 0:
         raise AudioProblem("empty_audio", f"{source}: audio has zero samples")
     if samples < MIN_SECONDS * rate:
-        raise AudioProblem("too_short", f"{source}: {samples / rate * 1000:.1f} ms of audio, shorter than one "
-                                        "25 ms frame")
+        raise AudioProblem(
+            "too_short", f"{source}: {samples / rate * 1000:.1f} ms of audio, shorter than one 25 ms frame"
+        )
 
 
 def downmix(wave: np.ndarray) -> np.ndarray:
@@ -216,8 +218,9 @@ def resample(mono: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
     return AF.resample(torch.from_numpy(mono), rate, target_rate).numpy()
 
 
-def resample_blocks(blocks: Iterable[np.ndarray], rate: int, target_rate: int,
-                    chunk_seconds: float = 30.0) -> Iterator[np.ndarray]:
+def resample_blocks(
+    blocks: Iterable[np.ndarray], rate: int, target_rate: int, chunk_seconds: float = 30.0
+) -> Iterator[np.ndarray]:
     """`resample` of a mono wave that arrives in consecutive blocks, yielded in chunks of about
     `chunk_seconds`: memory stays at one chunk whatever the length, and the chunks put together equal
     `resample` of the whole wave. Why they do: torchaudio computes each output sample from the inputs
@@ -234,13 +237,14 @@ def resample_blocks(blocks: Iterable[np.ndarray], rate: int, target_rate: int,
         held += len(block)
         while held - left >= step + context:  # a chunk and its context on the right have arrived
             wave = np.concatenate(pending)
-            yield resample(wave[:left + step + context], rate, target_rate)[
-                left // period * out_period:(left + step) // period * out_period]
+            yield resample(wave[: left + step + context], rate, target_rate)[
+                left // period * out_period : (left + step) // period * out_period
+            ]
             keep = max(0, left + step - context)
             pending, held, left = [wave[keep:]], len(wave) - keep, left + step - keep
     wave = np.concatenate(pending) if pending else np.zeros(0, np.float32)
     if len(wave) > left:
-        yield resample(wave, rate, target_rate)[left // period * out_period:]
+        yield resample(wave, rate, target_rate)[left // period * out_period :]
 
 
 def to_mono(wave: np.ndarray, rate: int, target_rate: int) -> np.ndarray:

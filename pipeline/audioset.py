@@ -63,13 +63,41 @@ WATCH_URL = "https://www.youtube.com/watch?v={}"
 _PATTERNS = [
     ("age_restricted", ("confirm your age", "age-restricted", "age restricted", "inappropriate for some users")),
     ("private", ("private video", "video is private")),
-    ("removed", ("has been removed", "account associated with this video has been terminated",
-                 "copyright claim", "violating youtube", "no longer available because")),
-    ("unavailable", ("video unavailable", "video is unavailable", "not available in your country",
-                     "is not available", "requested format is not available", "does not exist")),
-    ("network", ("failed to resolve", "name or service not known", "temporary failure in name resolution",
-                 "nodename nor servname", "network is unreachable", "no route to host", "connection refused",
-                 "getaddrinfo failed", "no address associated")),
+    (
+        "removed",
+        (
+            "has been removed",
+            "account associated with this video has been terminated",
+            "copyright claim",
+            "violating youtube",
+            "no longer available because",
+        ),
+    ),
+    (
+        "unavailable",
+        (
+            "video unavailable",
+            "video is unavailable",
+            "not available in your country",
+            "is not available",
+            "requested format is not available",
+            "does not exist",
+        ),
+    ),
+    (
+        "network",
+        (
+            "failed to resolve",
+            "name or service not known",
+            "temporary failure in name resolution",
+            "nodename nor servname",
+            "network is unreachable",
+            "no route to host",
+            "connection refused",
+            "getaddrinfo failed",
+            "no address associated",
+        ),
+    ),
 ]
 
 
@@ -102,9 +130,13 @@ class Segment:
 
 # ---- metadata ----------------------------------------------------------------------------
 
-META_FILES = {"class_labels_indices": "class_labels_indices.csv", "ontology": "ontology.json",
-              "balanced_train": "balanced_train_segments.csv", "unbalanced_train": "unbalanced_train_segments.csv",
-              "eval": "eval_segments.csv"}
+META_FILES = {
+    "class_labels_indices": "class_labels_indices.csv",
+    "ontology": "ontology.json",
+    "balanced_train": "balanced_train_segments.csv",
+    "unbalanced_train": "unbalanced_train_segments.csv",
+    "eval": "eval_segments.csv",
+}
 
 
 def meta_dir(params: Params) -> Path:
@@ -119,15 +151,20 @@ def metadata_file(params: Params, key: str) -> Path:
     if dest.is_file():
         return dest
     url = getattr(cfg.urls, key)
-    hint = (f"no network? copy {dest.name} into {folder} by hand, or set data.audioset.meta_dir to a folder "
-            f"that has the AudioSet metadata")
-    return fetch(url, dest, timeout=cfg.http_timeout_s, retries=cfg.http_retries, backoff=min(cfg.backoff_s, 10.0),
-                 hint=hint)
+    hint = (
+        f"no network? copy {dest.name} into {folder} by hand, or set data.audioset.meta_dir to a folder "
+        f"that has the AudioSet metadata"
+    )
+    return fetch(
+        url, dest, timeout=cfg.http_timeout_s, retries=cfg.http_retries, backoff=min(cfg.backoff_s, 10.0), hint=hint
+    )
 
 
 def class_metadata(params: Params) -> tuple[ClassList, list[dict]]:
-    return (read_classes(metadata_file(params, "class_labels_indices")),
-            read_ontology(metadata_file(params, "ontology")))
+    return (
+        read_classes(metadata_file(params, "class_labels_indices")),
+        read_ontology(metadata_file(params, "ontology")),
+    )
 
 
 def _split_row(text: str) -> list[str]:
@@ -135,7 +172,7 @@ def _split_row(text: str) -> list[str]:
     parts = text.rstrip("\r\n").split(",", 3)
     if len(parts) == 4:
         last = parts[3].strip()
-        if len(last) >= 2 and last[0] == last[-1] == '"' and '"' not in last[1:-1] and '"' not in text[:-len(last)]:
+        if len(last) >= 2 and last[0] == last[-1] == '"' and '"' not in last[1:-1] and '"' not in text[: -len(last)]:
             return [parts[0].strip(), parts[1].strip(), parts[2].strip(), last[1:-1]]
     return [field.strip() for field in next(csv.reader([text], skipinitialspace=True), [])]
 
@@ -154,12 +191,14 @@ def parse_segments(path: str | Path, set_name: str, known: set[str] | None = Non
 
             def reject(reason, detail, line=line, ytid=ytid):
                 where = f"{shown} line {line}"
-                entries.append(Rejected(clip_id_of(ytid, 0.0) if valid_ytid(ytid) else "", where, reason,
-                                        f"{where}: {detail}"))
+                entries.append(
+                    Rejected(clip_id_of(ytid, 0.0) if valid_ytid(ytid) else "", where, reason, f"{where}: {detail}")
+                )
 
             if len(row) != 4:
-                reject("malformed_row", f"expected 4 fields (YTID, start_seconds, end_seconds, \"labels\"), "
-                                        f"found {len(row)}")
+                reject(
+                    "malformed_row", f'expected 4 fields (YTID, start_seconds, end_seconds, "labels"), found {len(row)}'
+                )
                 continue
             if not valid_ytid(ytid):
                 reject("malformed_row", f"YouTube id {ytid[:40]!r} is not 11 characters of [A-Za-z0-9_-]")
@@ -169,13 +208,17 @@ def parse_segments(path: str | Path, set_name: str, known: set[str] | None = Non
             except ValueError:
                 reject("malformed_row", f"start/end {row[1][:20]!r}, {row[2][:20]!r} are not numbers")
                 continue
-            if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end
-                    and end - start <= MAX_SEGMENT_SECONDS):
-                reject("malformed_row", f"segment [{start}, {end}] is not 0 <= start < end <= start + "
-                                        f"{MAX_SEGMENT_SECONDS:g}")
+            if not (
+                math.isfinite(start) and math.isfinite(end) and 0 <= start < end and end - start <= MAX_SEGMENT_SECONDS
+            ):
+                reject(
+                    "malformed_row",
+                    f"segment [{start}, {end}] is not 0 <= start < end <= start + {MAX_SEGMENT_SECONDS:g}",
+                )
                 continue
-            labels = tuple(dict.fromkeys(canonical.setdefault(t, t) for t in (t.strip() for t in row[3].split(","))
-                                         if t))
+            labels = tuple(
+                dict.fromkeys(canonical.setdefault(t, t) for t in (t.strip() for t in row[3].split(",")) if t)
+            )
             if not labels:
                 reject("empty_labels", "the labels field is empty")
                 continue
@@ -190,12 +233,14 @@ def parse_segments(path: str | Path, set_name: str, known: set[str] | None = Non
 
 # ---- the stratified validation hold-out --------------------------------------------------
 
+
 def _rank(key: str, seed: int) -> bytes:
     return hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8]
 
 
-def stratified_holdout(keys: list[str], label_sets: list[tuple[str, ...]], fraction: float, seed: int,
-                       min_class_clips: int = 2) -> set[int]:
+def stratified_holdout(
+    keys: list[str], label_sets: list[tuple[str, ...]], fraction: float, seed: int, min_class_clips: int = 2
+) -> set[int]:
     """Indices of a validation subset of about `fraction` of the clips.
 
     Every class with at least `min_class_clips` clips gets max(1, round(fraction * n)) of them in
@@ -237,6 +282,7 @@ def stratified_holdout(keys: list[str], label_sets: list[tuple[str, ...]], fract
 
 # ---- listing -----------------------------------------------------------------------------
 
+
 def _segments(params: Params, set_names, known: set[str]) -> list:
     entries = []
     for name in set_names:
@@ -255,14 +301,23 @@ def list_split(params: Params, split: str, classes: ClassList) -> Listing:
     for row in rows:
         if isinstance(row, Segment):
             if row.clip_id in seen:
-                row = Rejected(row.clip_id, row.where, "duplicate_clip_id",
-                               f"{row.where}: segment {row.ytid} at {row.start:.3f} s appears earlier")
+                row = Rejected(
+                    row.clip_id,
+                    row.where,
+                    "duplicate_clip_id",
+                    f"{row.where}: segment {row.ytid} at {row.start:.3f} s appears earlier",
+                )
             seen.add(getattr(row, "clip_id", ""))
         kept.append(row)
     if split != "eval":
         pool = [i for i, row in enumerate(kept) if isinstance(row, Segment)]
-        held = stratified_holdout([kept[i].clip_id for i in pool], [kept[i].labels for i in pool],
-                                  cfg.val_fraction, cfg.val_seed, cfg.val_min_class_clips)
+        held = stratified_holdout(
+            [kept[i].clip_id for i in pool],
+            [kept[i].labels for i in pool],
+            cfg.val_fraction,
+            cfg.val_seed,
+            cfg.val_min_class_clips,
+        )
         val_rows = {pool[j] for j in held}
         if split == "val":
             kept = [kept[i] for i in sorted(val_rows)]
@@ -276,6 +331,7 @@ def list_split(params: Params, split: str, classes: ClassList) -> Listing:
 
 # ---- audio: a local folder of clips ------------------------------------------------------
 
+
 class LocalClips:
     def __init__(self, params: Params):
         self.cfg = params.data.audioset
@@ -284,13 +340,20 @@ class LocalClips:
             raise PipelineError(f"{self.root}: data.audioset.local_dir is not a folder")
 
     def path(self, seg: Segment) -> Path:
-        fields = dict(ytid=seg.ytid, start=seg.start, end=seg.end, start_ms=round(seg.start * 1000),
-                      end_ms=round(seg.end * 1000), set=seg.set_name)
+        fields = dict(
+            ytid=seg.ytid,
+            start=seg.start,
+            end=seg.end,
+            start_ms=round(seg.start * 1000),
+            end_ms=round(seg.end * 1000),
+            set=seg.set_name,
+        )
         try:
             return self.root / self.cfg.local_template.format(**fields)
         except (KeyError, IndexError, ValueError) as err:
-            raise PipelineError(f"data.audioset.local_template {self.cfg.local_template!r}: {err!r}; fields are "
-                                f"{', '.join(fields)}") from None
+            raise PipelineError(
+                f"data.audioset.local_template {self.cfg.local_template!r}: {err!r}; fields are {', '.join(fields)}"
+            ) from None
 
     def item(self, seg: Segment) -> Item:
         path = self.path(seg)
@@ -312,6 +375,7 @@ class _LocalLoad:
 
 
 # ---- audio: cutting [start, end] out of a file with PyAV ----------------------------------
+
 
 def _frame_array(frame) -> np.ndarray:
     data = frame.to_ndarray()
@@ -389,8 +453,9 @@ class _Timeout(Exception):
 def run_argv(argv: list[str], timeout: float, stop: threading.Event) -> tuple[int, str]:
     """Run an argument list (no shell) in its own process group; kill the group on timeout or stop."""
     assert isinstance(argv, list) and all(isinstance(a, str) for a in argv)
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     with _LIVE_LOCK:
         _LIVE.add(proc)
     deadline = time.monotonic() + timeout
@@ -502,9 +567,11 @@ class Fetcher:
             beside = Path(sys.executable).with_name("yt-dlp")  # installed into the venv, which may not be on PATH
             exe = str(beside) if cfg.yt_dlp == "yt-dlp" and beside.is_file() else None
         if exe is None:
-            raise PipelineError(f"yt-dlp not found (data.audioset.yt_dlp={cfg.yt_dlp!r}): install it (pip install "
-                                f"yt-dlp, a project dependency) or set data.audioset.yt_dlp to its path; or use "
-                                f"clips already on disk with data.audioset.source=local")
+            raise PipelineError(
+                f"yt-dlp not found (data.audioset.yt_dlp={cfg.yt_dlp!r}): install it (pip install "
+                f"yt-dlp, a project dependency) or set data.audioset.yt_dlp to its path; or use "
+                f"clips already on disk with data.audioset.source=local"
+            )
         self._yt_dlp = exe
         self._ffmpeg = shutil.which(cfg.ffmpeg) if cfg.ffmpeg else None
         try:
@@ -512,8 +579,10 @@ class Fetcher:
             probe = Path(tempfile.mkdtemp(prefix=f"{self.tmp_prefix}{os.getpid()}-", dir=self.tmp_root))
             probe.rmdir()
         except OSError as err:
-            raise PipelineError(f"{self.tmp_root}: cannot create temporary download folders there "
-                                f"({err.strerror or err}); set data.audioset.tmp_dir to a writable folder") from None
+            raise PipelineError(
+                f"{self.tmp_root}: cannot create temporary download folders there "
+                f"({err.strerror or err}); set data.audioset.tmp_dir to a writable folder"
+            ) from None
         for stale in self.tmp_root.glob(f"{self.tmp_prefix}*"):  # left by a killed run on this host
             match = re.match(re.escape(self.tmp_prefix) + r"(\d+)-", stale.name)
             if match and not _pid_alive(int(match.group(1))):
@@ -523,29 +592,55 @@ class Fetcher:
     def argv(self, seg: Segment, out_template: str) -> list[str]:
         """The yt-dlp argument list for one segment (the id is validated first)."""
         if not valid_ytid(seg.ytid):
-            raise AudioProblem("invalid_id", f"{seg.where}: YouTube id {seg.ytid[:40]!r} is not 11 characters of "
-                                             f"[A-Za-z0-9_-]; not passed to yt-dlp")
+            raise AudioProblem(
+                "invalid_id",
+                f"{seg.where}: YouTube id {seg.ytid[:40]!r} is not 11 characters of "
+                f"[A-Za-z0-9_-]; not passed to yt-dlp",
+            )
         cfg = self.cfg
-        argv = [self._yt_dlp, "--ignore-config", "--no-playlist", "--quiet", "--no-warnings", "--no-progress",
-                "--socket-timeout", f"{cfg.socket_timeout_s:g}", "-f", cfg.format, "-o", out_template]
+        argv = [
+            self._yt_dlp,
+            "--ignore-config",
+            "--no-playlist",
+            "--quiet",
+            "--no-warnings",
+            "--no-progress",
+            "--socket-timeout",
+            f"{cfg.socket_timeout_s:g}",
+            "-f",
+            cfg.format,
+            "-o",
+            out_template,
+        ]
         if self._ffmpeg:
-            argv += ["--download-sections", f"*{seg.start:.3f}-{seg.end:.3f}", "--force-keyframes-at-cuts",
-                     "--ffmpeg-location", self._ffmpeg]
+            argv += [
+                "--download-sections",
+                f"*{seg.start:.3f}-{seg.end:.3f}",
+                "--force-keyframes-at-cuts",
+                "--ffmpeg-location",
+                self._ffmpeg,
+            ]
         return argv + list(cfg.yt_dlp_args) + ["--", WATCH_URL.format(seg.ytid)]
 
     # -- one segment
     def fetch(self, seg: Segment) -> tuple[np.ndarray, int]:
         if not valid_ytid(seg.ytid):  # before anything else can happen
-            raise AudioProblem("invalid_id", f"{seg.where}: YouTube id {seg.ytid[:40]!r} is not 11 characters of "
-                                             f"[A-Za-z0-9_-]; not passed to yt-dlp")
+            raise AudioProblem(
+                "invalid_id",
+                f"{seg.where}: YouTube id {seg.ytid[:40]!r} is not 11 characters of "
+                f"[A-Za-z0-9_-]; not passed to yt-dlp",
+            )
         if self.fatal:
             raise self.fatal
         cfg = self.cfg
         known = self.known_failures.get(seg.clip_id)
         if known and not cfg.retry_permanent:
-            raise AudioProblem(known, f"{seg.ytid} [{seg.start:g}, {seg.end:g}]: {known.replace('_', '-')} in an "
-                                      f"earlier run (see {self.failures_file}); set data.audioset.retry_permanent="
-                                      f"true to try again")
+            raise AudioProblem(
+                known,
+                f"{seg.ytid} [{seg.start:g}, {seg.end:g}]: {known.replace('_', '-')} in an "
+                f"earlier run (see {self.failures_file}); set data.audioset.retry_permanent="
+                f"true to try again",
+            )
         self._resolve_tools()
         reason, detail = "transient", ""
         for attempt in range(cfg.retries + 1):
@@ -557,8 +652,10 @@ class Fetcher:
             try:
                 folder = Path(tempfile.mkdtemp(prefix=f"{self.tmp_prefix}{os.getpid()}-", dir=self.tmp_root))
             except OSError as err:
-                raise PipelineError(f"{self.tmp_root}: cannot create a temporary download folder "
-                                    f"({err.strerror or err}); free some space or set data.audioset.tmp_dir") from None
+                raise PipelineError(
+                    f"{self.tmp_root}: cannot create a temporary download folder "
+                    f"({err.strerror or err}); free some space or set data.audioset.tmp_dir"
+                ) from None
             try:
                 try:
                     code, stderr = run_argv(self.argv(seg, str(folder / "audio.%(ext)s")), cfg.timeout_s, self.stop)
@@ -594,7 +691,8 @@ class Fetcher:
                         f"cannot reach YouTube: the first {self.network_failures} segments all failed with network "
                         f"errors ({detail}); no network here? run the download where there is one, or use clips "
                         f"already on disk: data.audioset.source=local with data.audioset.local_dir=DIR "
-                        f"(and data.audioset.local_template)")
+                        f"(and data.audioset.local_template)"
+                    )
                     self.stop.set()
             if self.fatal:
                 raise self.fatal
@@ -659,8 +757,10 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m pipeline.audioset`: fetch the metadata now (e.g. on a login node) and count each split."""
     from pipeline.cli import load_from_args, params_parser, run
 
-    parser = params_parser("Download the AudioSet metadata (class list, ontology, segment lists) and count the "
-                           "segments of each split, ahead of prepare.")
+    parser = params_parser(
+        "Download the AudioSet metadata (class list, ontology, segment lists) and count the "
+        "segments of each split, ahead of prepare."
+    )
 
     def body(args):
         params = load_from_args(args)

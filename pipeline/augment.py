@@ -29,25 +29,31 @@ The recipe (DESIGN.md, "The recipe, precisely"):
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import torch
 
 from pipeline.errors import PipelineError
 
-__all__ = ["make_generator", "sample_beta", "mix", "mixup", "spec_augment", "normalise",
-           "augment_batch", "prepare_eval_batch"]
+__all__ = [
+    "make_generator",
+    "sample_beta",
+    "mix",
+    "mixup",
+    "spec_augment",
+    "normalise",
+    "augment_batch",
+    "prepare_eval_batch",
+]
 
-Number = Union[float, torch.Tensor]
+Number = float | torch.Tensor
 MIXUP_DOMAINS = ("power", "logmel")
 
 
-def make_generator(seed: int, device: Union[str, torch.device, None] = None) -> torch.Generator:
+def make_generator(seed: int, device: str | torch.device | None = None) -> torch.Generator:
     """A seeded generator on ``device`` (default CPU)."""
     return torch.Generator(device=device or "cpu").manual_seed(int(seed))
 
 
-def _draw_device(generator: Optional[torch.Generator], device: torch.device) -> torch.device:
+def _draw_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
     return generator.device if generator is not None else device
 
 
@@ -56,8 +62,9 @@ def _rand(n: int, generator, device: torch.device) -> torch.Tensor:
     return torch.rand(n, generator=generator, device=_draw_device(generator, device)).to(device)
 
 
-def sample_beta(n: int, alpha: float, generator: Optional[torch.Generator] = None,
-                device: Union[str, torch.device, None] = None) -> torch.Tensor:
+def sample_beta(
+    n: int, alpha: float, generator: torch.Generator | None = None, device: str | torch.device | None = None
+) -> torch.Tensor:
     """``n`` draws of Beta(alpha, alpha) as ``G1 / (G1 + G2)`` with ``G ~ Gamma(alpha)``, float32.
 
     Deterministic given ``generator`` (torch's Gamma sampler takes it; ``torch.distributions``
@@ -71,13 +78,20 @@ def sample_beta(n: int, alpha: float, generator: Optional[torch.Generator] = Non
     conc = torch.full((2, n), float(alpha), dtype=torch.float32, device=draw)
     g = torch._standard_gamma(conc, generator=generator)
     total = g[0] + g[1]
-    lam = torch.where(total > 0, g[0] / total.clamp_min(torch.finfo(torch.float32).tiny),
-                      (g[0] >= g[1]).to(torch.float32))
+    lam = torch.where(
+        total > 0, g[0] / total.clamp_min(torch.finfo(torch.float32).tiny), (g[0] >= g[1]).to(torch.float32)
+    )
     return lam.clamp_(0.0, 1.0).to(device)
 
 
-def mix(x_i: torch.Tensor, x_j: torch.Tensor, lam: torch.Tensor, domain: str = "power",
-        n_frames_i: Optional[torch.Tensor] = None, n_frames_j: Optional[torch.Tensor] = None) -> torch.Tensor:
+def mix(
+    x_i: torch.Tensor,
+    x_j: torch.Tensor,
+    lam: torch.Tensor,
+    domain: str = "power",
+    n_frames_i: torch.Tensor | None = None,
+    n_frames_j: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Mix fbanks ``x_i``, ``x_j`` ``[B, T, F]`` with per-sample weights ``lam [B]`` (weight of ``x_i``).
 
     ``power``: ``log(lam^2 exp(x_i) + (1 - lam)^2 exp(x_j))``, computed as
@@ -122,9 +136,17 @@ def mix(x_i: torch.Tensor, x_j: torch.Tensor, lam: torch.Tensor, domain: str = "
     return mixed.to(out_dtype)
 
 
-def mixup(fbank: torch.Tensor, labels: torch.Tensor, prob: float, alpha: float, domain: str = "power",
-          generator: Optional[torch.Generator] = None, n_frames: Optional[torch.Tensor] = None,
-          return_info: bool = False, inplace: bool = False):
+def mixup(
+    fbank: torch.Tensor,
+    labels: torch.Tensor,
+    prob: float,
+    alpha: float,
+    domain: str = "power",
+    generator: torch.Generator | None = None,
+    n_frames: torch.Tensor | None = None,
+    return_info: bool = False,
+    inplace: bool = False,
+):
     """In-batch mixup. Returns new ``(fbank, labels)`` (plus ``info`` when ``return_info``).
     With ``inplace`` (on CPU) the mixed rows are written into ``fbank`` itself, saving a copy
     of the batch; the caller must own it.
@@ -137,16 +159,20 @@ def mixup(fbank: torch.Tensor, labels: torch.Tensor, prob: float, alpha: float, 
     is. ``info`` = dict(selected [B] bool, partner [B] long, lam [B] float32, 1 where unselected).
     """
     if fbank.ndim != 3 or labels.ndim != 2 or labels.shape[0] != fbank.shape[0]:
-        raise PipelineError(f"mixup needs fbank [B, T, F] and labels [B, C], got {tuple(fbank.shape)} "
-                            f"and {tuple(labels.shape)}")
+        raise PipelineError(
+            f"mixup needs fbank [B, T, F] and labels [B, C], got {tuple(fbank.shape)} and {tuple(labels.shape)}"
+        )
     if not 0.0 <= prob <= 1.0:
         raise PipelineError(f"augment.mixup must be a probability in [0, 1], got {prob}")
     if domain not in MIXUP_DOMAINS:
         raise PipelineError(f"augment.mixup_domain must be one of {', '.join(MIXUP_DOMAINS)}, got {domain!r}")
     device, b = fbank.device, fbank.shape[0]
     if b < 2:
-        info = dict(selected=torch.zeros(b, dtype=torch.bool, device=device),
-                    partner=torch.arange(b, device=device), lam=torch.ones(b, device=device))
+        info = dict(
+            selected=torch.zeros(b, dtype=torch.bool, device=device),
+            partner=torch.arange(b, device=device),
+            lam=torch.ones(b, device=device),
+        )
         return (fbank, labels, info) if return_info else (fbank, labels)
     draw = _draw_device(generator, device)
     selected = _rand(b, generator, device) < prob
@@ -161,12 +187,18 @@ def mixup(fbank: torch.Tensor, labels: torch.Tensor, prob: float, alpha: float, 
         rows = selected.nonzero().squeeze(1)
         out = fbank if inplace else fbank.clone()
         if len(rows):
-            out[rows] = mix(fbank[rows], fbank[partner[rows]], lam[rows], domain,
-                            n_frames_i=None if nf_i is None else nf_i[rows],
-                            n_frames_j=None if nf_i is None else nf_i[partner[rows]])
+            out[rows] = mix(
+                fbank[rows],
+                fbank[partner[rows]],
+                lam[rows],
+                domain,
+                n_frames_i=None if nf_i is None else nf_i[rows],
+                n_frames_j=None if nf_i is None else nf_i[partner[rows]],
+            )
     else:
-        out = mix(fbank, fbank[partner], lam, domain, n_frames_i=nf_i,
-                  n_frames_j=None if nf_i is None else nf_i[partner])
+        out = mix(
+            fbank, fbank[partner], lam, domain, n_frames_i=nf_i, n_frames_j=None if nf_i is None else nf_i[partner]
+        )
         if domain == "logmel":  # lerp at weight 1 is x_i in practice, but not by contract
             out = torch.where(selected.reshape(-1, 1, 1), out, fbank)
     y = labels.to(labels.dtype if labels.is_floating_point() else torch.float32)
@@ -198,8 +230,14 @@ def _masks(fbank: torch.Tensor, freqm: int, timem: int, generator):
     return time_mask, freq_mask
 
 
-def spec_augment(fbank: torch.Tensor, freqm: int, timem: int, generator: Optional[torch.Generator] = None,
-                 return_masks: bool = False, inplace: bool = False):
+def spec_augment(
+    fbank: torch.Tensor,
+    freqm: int,
+    timem: int,
+    generator: torch.Generator | None = None,
+    return_masks: bool = False,
+    inplace: bool = False,
+):
     """One frequency mask (< ``freqm`` bins) and one time mask (< ``timem`` frames) per sample, value 0.
 
     ``fbank [B, T, F]``. ``freqm`` / ``timem`` of 0 turn that mask off (4 uniforms are drawn per
@@ -224,8 +262,15 @@ def normalise(fbank: torch.Tensor, mean: Number, std: Number, inplace: bool = Fa
     return (fbank - mean) / std
 
 
-def augment_batch(fbank: torch.Tensor, labels: torch.Tensor, cfg, norm_mean: Number, norm_std: Number,
-                  generator: Optional[torch.Generator] = None, n_frames: Optional[torch.Tensor] = None):
+def augment_batch(
+    fbank: torch.Tensor,
+    labels: torch.Tensor,
+    cfg,
+    norm_mean: Number,
+    norm_std: Number,
+    generator: torch.Generator | None = None,
+    n_frames: torch.Tensor | None = None,
+):
     """Training batch: mixup -> SpecAugment -> normalisation. Returns new ``(fbank float32, labels float32)``.
 
     ``cfg`` has ``freqm, timem, mixup, mixup_alpha, mixup_domain`` (the ``augment`` params
@@ -237,8 +282,9 @@ def augment_batch(fbank: torch.Tensor, labels: torch.Tensor, cfg, norm_mean: Num
     x = fbank.to(work)
     y = labels.to(torch.float32)
     if cfg.mixup > 0:  # a converted (float16 -> float32) batch is ours to mix in place
-        x, y = mixup(x, y, cfg.mixup, cfg.mixup_alpha, cfg.mixup_domain, generator, n_frames=n_frames,
-                     inplace=x is not fbank)
+        x, y = mixup(
+            x, y, cfg.mixup, cfg.mixup_alpha, cfg.mixup_domain, generator, n_frames=n_frames, inplace=x is not fbank
+        )
     owned = x is not fbank  # a batch of one comes back from mixup as is
     x = spec_augment(x, cfg.freqm, cfg.timem, generator, inplace=owned)
     return normalise(x, norm_mean, norm_std, inplace=True), y

@@ -33,7 +33,7 @@ class ClassList:
     def rows(self) -> list[dict]:
         return [{"index": i, "mid": m, "display_name": n} for i, (m, n) in enumerate(zip(self.mids, self.names))]
 
-    def resolver(self) -> "LabelResolver":
+    def resolver(self) -> LabelResolver:
         return LabelResolver(self)
 
 
@@ -44,8 +44,10 @@ def read_classes(path: str | Path) -> ClassList:
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or not set(CLASS_COLUMNS) <= set(reader.fieldnames):
-            raise PipelineError(f"{path}: a class list needs the columns index,mid,display_name "
-                                f"(AudioSet class_labels_indices.csv format); found {reader.fieldnames}")
+            raise PipelineError(
+                f"{path}: a class list needs the columns index,mid,display_name "
+                f"(AudioSet class_labels_indices.csv format); found {reader.fieldnames}"
+            )
         rows = list(reader)
     if not rows:
         raise PipelineError(f"{path}: class list has no classes")
@@ -76,9 +78,15 @@ def read_ontology(path: str | Path) -> list[dict]:
     except FileNotFoundError:
         raise PipelineError(f"{path}: ontology not found") from None
     except json.JSONDecodeError as err:
-        raise PipelineError(f"{path}: not valid JSON (line {err.lineno}); expected AudioSet's ontology.json format") from None
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and set(ONTOLOGY_FIELDS) <= set(e) for e in entries):
-        raise PipelineError(f"{path}: expected a list of entries with id, name, child_ids (AudioSet ontology.json format)")
+        raise PipelineError(
+            f"{path}: not valid JSON (line {err.lineno}); expected AudioSet's ontology.json format"
+        ) from None
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and set(ONTOLOGY_FIELDS) <= set(e) for e in entries
+    ):
+        raise PipelineError(
+            f"{path}: expected a list of entries with id, name, child_ids (AudioSet ontology.json format)"
+        )
     return entries
 
 

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from pipeline.errors import PipelineError
 
 
 def params_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--params", default="params.yaml", metavar="FILE",
-                        help="params file (default: params.yaml); presets/ holds the paper's recipes")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one param, value parsed as YAML (repeatable), e.g. --set train.lr=1e-4")
+    parser.add_argument(
+        "--params",
+        default="params.yaml",
+        metavar="FILE",
+        help="params file (default: params.yaml); presets/ holds the paper's recipes",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one param, value parsed as YAML (repeatable), e.g. --set train.lr=1e-4",
+    )
     return parser
 
 

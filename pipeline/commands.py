@@ -35,6 +35,7 @@ def _positive(kind):
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
         return value
+
     return parse
 
 
@@ -51,34 +52,64 @@ def _count(text: str) -> int:
 def add_tag(commands) -> None:
     parser = commands.add_parser("tag", help="tag audio files with a trained model", description=TAG_HELP)
     parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg, mp3, m4a, ...)")
-    parser.add_argument("--model", required=True, metavar="PATH",
-                        help="checkpoint of the train or average stage (e.g. models/wa/seed-1.pt)")
-    parser.add_argument("--top-k", type=_count, default=10, metavar="K",
-                        help="classes listed per file, ranked by their max score over the windows, highest first "
-                             "(the mean is listed beside it); with --timeline also per window, by its score "
-                             "(default: 10; 0: all classes)")
-    parser.add_argument("--window", type=_positive(float), default=10.0, metavar="SECONDS",
-                        help="window length (default: 10); windows longer than the model's training clips are "
-                             "scored whole")
-    parser.add_argument("--hop", type=_positive(float), default=5.0, metavar="SECONDS",
-                        help="time between window starts, at most --window (default: 5)")
-    parser.add_argument("--format", choices=("table", "json", "csv"), default="table",
-                        help="table (default; per file: rank, class, mid, max, mean), json (one document), or "
-                             "csv (file,rank,mid,display_name,max,mean; with --timeline also start,end)")
-    parser.add_argument("--timeline", action="store_true",
-                        help="also each window's top classes with its start and end time")
-    parser.add_argument("--device", default="auto", metavar="DEVICE",
-                        help="auto (default: a GPU when there is one, else the CPU), cpu, cuda or cuda:N")
-    parser.add_argument("--batch-size", type=_positive(int), default=16, metavar="N",
-                        help="windows per forward pass (default: 16)")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bar (one shows on a terminal for files that take over a second)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH",
+        help="checkpoint of the train or average stage (e.g. models/wa/seed-1.pt)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=_count,
+        default=10,
+        metavar="K",
+        help="classes listed per file, ranked by their max score over the windows, highest first "
+        "(the mean is listed beside it); with --timeline also per window, by its score "
+        "(default: 10; 0: all classes)",
+    )
+    parser.add_argument(
+        "--window",
+        type=_positive(float),
+        default=10.0,
+        metavar="SECONDS",
+        help="window length (default: 10); windows longer than the model's training clips are scored whole",
+    )
+    parser.add_argument(
+        "--hop",
+        type=_positive(float),
+        default=5.0,
+        metavar="SECONDS",
+        help="time between window starts, at most --window (default: 5)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="table (default; per file: rank, class, mid, max, mean), json (one document), or "
+        "csv (file,rank,mid,display_name,max,mean; with --timeline also start,end)",
+    )
+    parser.add_argument(
+        "--timeline", action="store_true", help="also each window's top classes with its start and end time"
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        metavar="DEVICE",
+        help="auto (default: a GPU when there is one, else the CPU), cpu, cuda or cuda:N",
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive(int), default=16, metavar="N", help="windows per forward pass (default: 16)"
+    )
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (one shows on a terminal for files that take over a second)",
+    )
     parser.set_defaults(handler=tag)
 
 
 def tag(args: argparse.Namespace) -> None:
-    from pipeline.tagging import (check_windows, csv_header, csv_rows, format_csv, format_table, load_tagger,
-                                  tag_file)
+    from pipeline.tagging import check_windows, csv_header, csv_rows, format_csv, format_table, load_tagger, tag_file
 
     check_windows(args.window, args.hop)
     tagger = load_tagger(args.model, args.device)
@@ -87,8 +118,14 @@ def tag(args: argparse.Namespace) -> None:
         sys.stdout.write(format_csv([], csv_header(args.timeline)))
     for path in args.files:
         try:
-            result = tag_file(tagger, path, window=args.window, hop=args.hop, batch_size=args.batch_size,
-                              progress=not args.no_progress)
+            result = tag_file(
+                tagger,
+                path,
+                window=args.window,
+                hop=args.hop,
+                batch_size=args.batch_size,
+                progress=not args.no_progress,
+            )
         except (AudioProblem, OSError) as problem:  # this file only: the others are still tagged
             detail = problem.detail if isinstance(problem, AudioProblem) else f"{path}: {problem.strerror or problem}"
             detail = " ".join(detail.splitlines())
@@ -102,8 +139,14 @@ def tag(args: argparse.Namespace) -> None:
             sys.stdout.flush()
         results.append(result)
     if args.format == "json":
-        document = {"model": args.model, "window": args.window, "hop": args.hop, "ranked_by": "max",
-                    "files": [r.as_dict(args.top_k, args.timeline) for r in results], "errors": errors}
+        document = {
+            "model": args.model,
+            "window": args.window,
+            "hop": args.hop,
+            "ranked_by": "max",
+            "files": [r.as_dict(args.top_k, args.timeline) for r in results],
+            "errors": errors,
+        }
         print(json.dumps(document, indent=2, ensure_ascii=False))
     if errors:
         sys.exit(1)
@@ -114,8 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     # cores, a forward pass took 18x longer (measured). Waiting passively costs about 10% on idle
     # cores (measured, 2 threads). Set before torch loads (the commands import it, not this module).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    parser = argparse.ArgumentParser(prog="psla", description="Use trained PSLA models. "
-                                     "`psla COMMAND --help` documents each command.")
+    parser = argparse.ArgumentParser(
+        prog="psla", description="Use trained PSLA models. `psla COMMAND --help` documents each command."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_tag(commands)
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
@@ -58,10 +58,10 @@ class DemoData(Section):
 class FolderData(Section):
     """The user's own labelled audio: a CSV `audio,labels[,split][,clip_id]` and a class list."""
 
-    csv: Optional[str] = None
-    classes: Optional[str] = None
-    ontology: Optional[str] = None
-    audio_root: Optional[str] = None  # where the CSV's relative audio paths start; default: the CSV's folder
+    csv: str | None = None
+    classes: str | None = None
+    ontology: str | None = None
+    audio_root: str | None = None  # where the CSV's relative audio paths start; default: the CSV's folder
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1  # used only when the CSV has no split column
     eval_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     split_seed: int = 0
@@ -88,11 +88,11 @@ class AudioSetData(Section):
 
     source: Literal["download", "local"] = "download"
     unbalanced: StrictBool = False  # add unbalanced_train (~2M segments) to train: the full-AudioSet recipe
-    meta_dir: Optional[str] = None  # metadata CSVs + ontology.json; default <data.root>/downloads/audioset
+    meta_dir: str | None = None  # metadata CSVs + ontology.json; default <data.root>/downloads/audioset
     urls: AudioSetUrls = AudioSetUrls()
     # source: local -- clips already on disk, found by a file-name template (fields: ytid, start, end
     # (floats, e.g. {start:.3f}), start_ms, end_ms, set = balanced_train | unbalanced_train | eval)
-    local_dir: Optional[str] = None
+    local_dir: str | None = None
     local_template: str = "{ytid}_{start:.3f}_{end:.3f}.flac"
     local_cut: StrictBool = False  # the local files hold whole videos: cut [start, end] out of them
     # source: download -- yt-dlp per segment
@@ -107,7 +107,7 @@ class AudioSetData(Section):
     retries: Retries = 3  # for transient errors (network, HTTP 429/5xx, timeouts)
     backoff_s: NonNegative = 5.0  # first retry delay, doubling each retry
     retry_permanent: StrictBool = False  # also retry unavailable/private/removed/age-restricted
-    tmp_dir: Optional[str] = None  # partial downloads; default the system temp dir ($TMPDIR)
+    tmp_dir: str | None = None  # partial downloads; default the system temp dir ($TMPDIR)
     http_timeout_s: Positive = 60.0  # metadata downloads
     http_retries: Retries = 3
     # the validation split: a stratified hold-out of train (AudioSet has none; eval stays unseen)
@@ -120,7 +120,7 @@ class FSD50KData(Section):
     """FSD50K (pipeline.fsd50k): the official Zenodo release, downloaded or already on disk."""
 
     source: Literal["download", "local"] = "download"
-    release_dir: Optional[str] = None  # archives and/or extracted release; default <data.root>/downloads/fsd50k
+    release_dir: str | None = None  # archives and/or extracted release; default <data.root>/downloads/fsd50k
     base_url: str = "https://zenodo.org/records/4060432/files"
     record_url: str = "https://zenodo.org/api/records/4060432"  # file sizes and MD5 checksums
     ontology_url: str = AUDIOSET_ONTOLOGY
@@ -155,8 +155,9 @@ class Data(Section):
     @model_validator(mode="after")
     def _shards_numbered(self):
         if self.shards != list(range(len(self.shards))):
-            raise ValueError(f"shards must number the shards 0..n-1 in order (e.g. [0, 1, 2, 3] for four), "
-                             f"got {self.shards}")
+            raise ValueError(
+                f"shards must number the shards 0..n-1 in order (e.g. [0, 1, 2, 3] for four), got {self.shards}"
+            )
         return self
 
     @model_validator(mode="after")
@@ -343,7 +344,9 @@ def read_yaml(path: str | Path) -> dict:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ParamsError(f"{path}: params file not found (pass --params FILE, or copy a preset from presets/)") from None
+        raise ParamsError(
+            f"{path}: params file not found (pass --params FILE, or copy a preset from presets/)"
+        ) from None
     try:
         tree = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -371,8 +374,9 @@ class _Dumper(yaml.SafeDumper):
     """Block style for sections, flow style for short lists (`betas: [0.95, 0.999]`)."""
 
 
-_Dumper.add_representer(list, lambda dumper, data: dumper.represent_sequence(
-    "tag:yaml.org,2002:seq", data, flow_style=True))
+_Dumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
+)
 
 
 def to_yaml(params: Params) -> str:

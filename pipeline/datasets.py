@@ -9,9 +9,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -47,10 +47,11 @@ class Listing:
     entries: list  # Item | Rejected, in the dataset's order
     # Optional: told which items of the shard still need loading (in order) before the first load,
     # so a dataset can fetch them ahead with bounded concurrency (AudioSet's downloads).
-    prefetch: Optional[Callable[[list], None]] = None
+    prefetch: Callable[[list], None] | None = None
 
 
 # ---- class list and ontology -------------------------------------------------------------
+
 
 def class_metadata(params: Params) -> tuple[ClassList, list[dict]]:
     data = params.data
@@ -76,6 +77,7 @@ def class_metadata(params: Params) -> tuple[ClassList, list[dict]]:
 
 # ---- demo --------------------------------------------------------------------------------
 
+
 def list_demo(params: Params, split: str) -> Listing:
     from pipeline import demo
 
@@ -91,6 +93,7 @@ def list_demo(params: Params, split: str) -> Listing:
 
 
 # ---- folder ------------------------------------------------------------------------------
+
 
 def _hash_fraction(text: str, seed: int) -> float:
     digest = hashlib.sha256(f"{seed}:{text}".encode()).digest()
@@ -132,7 +135,9 @@ def list_folder(params: Params, split: str, classes: ClassList) -> Listing:
     header = [h.strip() for h in rows[0]]
     missing = [c for c in ("audio", "labels") if c not in header]
     if missing:
-        raise PipelineError(f"{csv_path}: missing column(s) {','.join(missing)}; expected audio,labels[,split][,clip_id]")
+        raise PipelineError(
+            f"{csv_path}: missing column(s) {','.join(missing)}; expected audio,labels[,split][,clip_id]"
+        )
     col = {name: i for i, name in enumerate(header)}
 
     entries, seen = [], set()
@@ -142,16 +147,28 @@ def list_folder(params: Params, split: str, classes: ClassList) -> Listing:
             continue  # blank line
         if len(row) != len(header):
             if split == splits[0]:
-                entries.append(Rejected("", where, "malformed_row",
-                                        f"{where}: expected {len(header)} fields ({','.join(header)}), found {len(row)}"))
+                entries.append(
+                    Rejected(
+                        "",
+                        where,
+                        "malformed_row",
+                        f"{where}: expected {len(header)} fields ({','.join(header)}), found {len(row)}",
+                    )
+                )
             continue
         audio = row[col["audio"]].strip()
         clip_id = row[col["clip_id"]].strip() if "clip_id" in col else _derived_clip_id(audio)
         row_split = row[col["split"]].strip() if "split" in col else _assign_split(params, clip_id)
         if row_split not in splits:
             if split == splits[0]:
-                entries.append(Rejected(clip_id, where, "malformed_row",
-                                        f"{where}: split '{row_split}' is not one of data.splits {splits}"))
+                entries.append(
+                    Rejected(
+                        clip_id,
+                        where,
+                        "malformed_row",
+                        f"{where}: split '{row_split}' is not one of data.splits {splits}",
+                    )
+                )
             continue
         if row_split != split:
             seen.add(clip_id)
@@ -164,8 +181,11 @@ def list_folder(params: Params, split: str, classes: ClassList) -> Listing:
             reject("malformed_row", f"clip_id '{clip_id}' must be 1-200 of [A-Za-z0-9_.-] and audio must be set")
             continue
         if clip_id in seen:
-            reject("duplicate_clip_id", f"clip_id '{clip_id}' appears earlier in the CSV "
-                                        "(add a clip_id column to tell files with the same name apart)")
+            reject(
+                "duplicate_clip_id",
+                f"clip_id '{clip_id}' appears earlier in the CSV "
+                "(add a clip_id column to tell files with the same name apart)",
+            )
             continue
         seen.add(clip_id)
         try:

@@ -24,8 +24,8 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit
 
 from pipeline.errors import PipelineError
@@ -106,19 +106,21 @@ def _with_retries(action, url: str, *, retries: int, backoff: float, hint: str, 
             return action()
         except urllib.error.HTTPError as err:
             if err.code not in RETRIED_HTTP:
-                raise DownloadError(f"HTTP {err.code} {err.reason} from {url} while downloading {what}; "
-                                    f"{hint}") from None
+                raise DownloadError(
+                    f"HTTP {err.code} {err.reason} from {url} while downloading {what}; {hint}"
+                ) from None
             problem = f"HTTP {err.code} {err.reason}"
         except (urllib.error.URLError, OSError, http.client.HTTPException, _Transient) as err:
             unreachable = _unreachable(err)
             if unreachable:
-                raise DownloadError(f"cannot reach {host_of(url)} ({unreachable}) to download {what} from {url}; "
-                                    f"{hint}") from None
+                raise DownloadError(
+                    f"cannot reach {host_of(url)} ({unreachable}) to download {what} from {url}; {hint}"
+                ) from None
             problem = _describe(err)
         if attempt >= retries:
             tries = f"{attempt + 1} attempt{'s' if attempt else ''}"
             raise DownloadError(f"downloading {what} from {url} failed after {tries} ({problem}); {hint}")
-        time.sleep(backoff * 2 ** attempt)
+        time.sleep(backoff * 2**attempt)
         attempt += 1
 
 
@@ -128,9 +130,19 @@ def _complete(path: Path, size: int | None, md5: str | None) -> bool:
     return md5 is None or md5_file(path) == md5.lower()
 
 
-def fetch(url: str, dest: str | Path, *, size: int | None = None, md5: str | None = None, timeout: float = 60.0,
-          retries: int = 3, backoff: float = 2.0, hint: str = "", what: str | None = None,
-          progress: bool = False) -> Path:
+def fetch(
+    url: str,
+    dest: str | Path,
+    *,
+    size: int | None = None,
+    md5: str | None = None,
+    timeout: float = 60.0,
+    retries: int = 3,
+    backoff: float = 2.0,
+    hint: str = "",
+    what: str | None = None,
+    progress: bool = False,
+) -> Path:
     """Download `url` to `dest` unless a complete copy is already there; returns `dest`."""
     dest = Path(dest)
     what = what or dest.name
@@ -171,8 +183,10 @@ def fetch(url: str, dest: str | Path, *, size: int | None = None, md5: str | Non
                     part.unlink()
                     checksum_failures[0] += 1
                     if checksum_failures[0] >= 2:
-                        raise DownloadError(f"{what} from {url}: MD5 {actual} does not match the expected {md5} "
-                                            f"twice; the server's file differs from the release's record; {hint}")
+                        raise DownloadError(
+                            f"{what} from {url}: MD5 {actual} does not match the expected {md5} "
+                            f"twice; the server's file differs from the release's record; {hint}"
+                        )
                     raise _Transient(f"MD5 mismatch (got {actual}, expected {md5})")
             os.replace(part, dest)
 
@@ -201,8 +215,9 @@ def _copy(response, part: Path, mode: str, progress: bool, what: str) -> None:
             bar.close()
 
 
-def fetch_json(url: str, *, timeout: float = 60.0, retries: int = 3, backoff: float = 2.0, hint: str = "",
-               what: str | None = None):
+def fetch_json(
+    url: str, *, timeout: float = 60.0, retries: int = 3, backoff: float = 2.0, hint: str = "", what: str | None = None
+):
     """A small JSON document, in memory."""
     what = what or url
 

@@ -20,8 +20,8 @@ does not already carry the class. Memory beyond the inputs and the output is O(c
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -46,7 +46,7 @@ class Relation:
     indices: np.ndarray
 
     @classmethod
-    def from_lists(cls, targets: Sequence[Iterable[int]]) -> "Relation":
+    def from_lists(cls, targets: Sequence[Iterable[int]]) -> Relation:
         rows = [np.unique(np.fromiter(t, dtype=np.int64)) for t in targets]
         indptr = np.zeros(len(rows) + 1, dtype=np.int64)
         indptr[1:] = np.cumsum([len(r) for r in rows])
@@ -64,7 +64,7 @@ class Relation:
         return m
 
     def targets(self, k: int) -> np.ndarray:
-        return self.indices[self.indptr[k]:self.indptr[k + 1]]
+        return self.indices[self.indptr[k] : self.indptr[k + 1]]
 
     def expand(self, rows: np.ndarray, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For label pairs (row, source): every (row, source, target) with target in source's row."""
@@ -103,9 +103,11 @@ def build_relations(ontology: list[dict], classes, source: str = "the ontology")
     missing = [i for i, mid in enumerate(mids) if mid not in known]
     if missing:
         first = missing[0]
-        raise PipelineError(f"{source}: class '{mids[first]}' ({names[first]}) of the class list is not in the "
-                            f"ontology ({len(missing)} of {len(mids)} classes missing); the ontology must "
-                            f"describe every class of the class list")
+        raise PipelineError(
+            f"{source}: class '{mids[first]}' ({names[first]}) of the class list is not in the "
+            f"ontology ({len(missing)} of {len(mids)} classes missing); the ontology must "
+            f"describe every class of the class list"
+        )
     index = {mid: i for i, mid in enumerate(mids)}
     parents_of: dict[str, list[str]] = {}
     children: list[list[int]] = [[] for _ in mids]
@@ -156,8 +158,10 @@ def _check_shapes(labels, scores) -> tuple[int, int]:
     if len(labels.shape) != 2:
         raise PipelineError(f"labels must be a [clips, classes] matrix, got shape {tuple(labels.shape)}")
     if tuple(scores.shape) != tuple(labels.shape):
-        raise PipelineError(f"teacher scores of shape {tuple(scores.shape)} do not match the labels "
-                            f"({labels.shape[0]} clips x {labels.shape[1]} classes)")
+        raise PipelineError(
+            f"teacher scores of shape {tuple(scores.shape)} do not match the labels "
+            f"({labels.shape[0]} clips x {labels.shape[1]} classes)"
+        )
     return labels.shape[0], labels.shape[1]
 
 
@@ -182,8 +186,8 @@ def class_thresholds(labels, scores, stat: str, chunk_rows: int = CHUNK_ROWS) ->
     n, c = _check_shapes(labels, scores)
     cols, vals = [], []
     for start in range(0, n, chunk_rows):
-        lab = np.asarray(labels[start:start + chunk_rows]) != 0
-        block = _finite_block(np.asarray(scores[start:start + chunk_rows]), start)
+        lab = np.asarray(labels[start : start + chunk_rows]) != 0
+        block = _finite_block(np.asarray(scores[start : start + chunk_rows]), start)
         flat = np.flatnonzero(lab)  # row-major: within a class, clips stay in order
         cols.append(flat % c)
         vals.append(block.reshape(-1)[flat].astype(np.float64))
@@ -202,7 +206,7 @@ def class_thresholds(labels, scores, stat: str, chunk_rows: int = CHUNK_ROWS) ->
         fn = lambda v: np.percentile(v, q)  # noqa: E731
     out = np.full(c, np.nan)
     for k in np.flatnonzero(np.diff(bounds)):
-        out[k] = fn(vals[bounds[k]:bounds[k + 1]])
+        out[k] = fn(vals[bounds[k] : bounds[k + 1]])
     return out
 
 
@@ -231,11 +235,16 @@ class Enhancement:
         return self.labels_after - self.labels_before
 
     def metrics(self) -> dict[str, float]:
-        out = {"clips": int(self.labels.shape[0]), "classes": int(self.labels.shape[1]),
-               "labels_before": self.labels_before, "labels_after": self.labels_after, "added": self.added,
-               "clips_changed": self.clips_changed,
-               "classes_with_additions": int((self.added_per_class > 0).sum()),
-               "classes_without_labels": int((self.before_per_class == 0).sum())}
+        out = {
+            "clips": int(self.labels.shape[0]),
+            "classes": int(self.labels.shape[1]),
+            "labels_before": self.labels_before,
+            "labels_after": self.labels_after,
+            "added": self.added,
+            "clips_changed": self.clips_changed,
+            "classes_with_additions": int((self.added_per_class > 0).sum()),
+            "classes_without_labels": int((self.before_per_class == 0).sum()),
+        }
         out.update({f"added_{t}": n for t, n in self.added_by_type.items()})
         return out
 
@@ -247,23 +256,52 @@ class Enhancement:
             parent, child = np.nonzero(counts)
             rows += [(int(counts[p, ch]), kind, int(p), int(ch)) for p, ch in zip(parent, child)]
         rows.sort(key=lambda r: (-r[0], r[1], r[2], r[3]))
-        return [{"type": kind, "count": count, "added": "child" if kind == "type1" else "parent",
-                 "parent": mids[p], "parent_name": names[p], "child": mids[ch], "child_name": names[ch]}
-                for count, kind, p, ch in rows[:limit]]
+        return [
+            {
+                "type": kind,
+                "count": count,
+                "added": "child" if kind == "type1" else "parent",
+                "parent": mids[p],
+                "parent_name": names[p],
+                "child": mids[ch],
+                "child_name": names[ch],
+            }
+            for count, kind, p, ch in rows[:limit]
+        ]
 
     def report(self, mids: Sequence[str], names: Sequence[str], top: int = TOP_PAIRS) -> dict:
-        per_class = [{"mid": mids[k], "name": names[k], "added": int(self.added_per_class[k]),
-                      "labelled_before": int(self.before_per_class[k]),
-                      "threshold": None if self.thresholds is None or np.isnan(self.thresholds[k])
-                      else float(self.thresholds[k])}
-                     for k in np.argsort(-self.added_per_class, kind="stable") if self.added_per_class[k] > 0]
-        return {"enhance": self.stat, "types": list(self.types), **self.metrics(),
-                "added_by_type": dict(self.added_by_type), "added_per_class": per_class,
-                "top_pairs": self.top_pairs(mids, names, top)}
+        per_class = [
+            {
+                "mid": mids[k],
+                "name": names[k],
+                "added": int(self.added_per_class[k]),
+                "labelled_before": int(self.before_per_class[k]),
+                "threshold": None
+                if self.thresholds is None or np.isnan(self.thresholds[k])
+                else float(self.thresholds[k]),
+            }
+            for k in np.argsort(-self.added_per_class, kind="stable")
+            if self.added_per_class[k] > 0
+        ]
+        return {
+            "enhance": self.stat,
+            "types": list(self.types),
+            **self.metrics(),
+            "added_by_type": dict(self.added_by_type),
+            "added_per_class": per_class,
+            "top_pairs": self.top_pairs(mids, names, top),
+        }
 
 
-def enhance_labels(labels, scores, relations: Relations | None, stat: str, types: Sequence[str] = TYPES,
-                   chunk_rows: int = CHUNK_ROWS, thresholds: np.ndarray | None = None) -> Enhancement:
+def enhance_labels(
+    labels,
+    scores,
+    relations: Relations | None,
+    stat: str,
+    types: Sequence[str] = TYPES,
+    chunk_rows: int = CHUNK_ROWS,
+    thresholds: np.ndarray | None = None,
+) -> Enhancement:
     """Enhance `labels` `[N, C]` (multi-hot, nonzero = labelled) with teacher `scores` `[N, C]`.
 
     `stat` is none | mean | median | 25 | 10 | 5; `types` type1 and/or type2. `none` passes the
@@ -278,8 +316,8 @@ def enhance_labels(labels, scores, relations: Relations | None, stat: str, types
     before = np.zeros(c, dtype=np.int64)
     if stat == "none":
         for start in range(0, n, chunk_rows):
-            out[start:start + chunk_rows] = np.asarray(labels[start:start + chunk_rows]) != 0
-            before += out[start:start + chunk_rows].sum(axis=0, dtype=np.int64)
+            out[start : start + chunk_rows] = np.asarray(labels[start : start + chunk_rows]) != 0
+            before += out[start : start + chunk_rows].sum(axis=0, dtype=np.int64)
         total = int(before.sum())
         return Enhancement(out, None, stat, (), total, total, 0, {}, before, np.zeros(c, np.int64))
     types = check_types(types)
@@ -295,8 +333,8 @@ def enhance_labels(labels, scores, relations: Relations | None, stat: str, types
     changed = 0
     for start in range(0, n, chunk_rows):
         # Flat indices, never 2-D nonzero or axis reductions: those are 5-10x slower on [chunk, C].
-        lab = np.asarray(labels[start:start + chunk_rows]) != 0
-        block = _finite_block(np.asarray(scores[start:start + chunk_rows]), start)
+        lab = np.asarray(labels[start : start + chunk_rows]) != 0
+        block = _finite_block(np.asarray(scores[start : start + chunk_rows]), start)
         flat = np.flatnonzero(lab)
         rows, sources = np.divmod(flat, c)
         before += np.bincount(sources, minlength=c)
@@ -315,13 +353,23 @@ def enhance_labels(labels, scores, relations: Relations | None, stat: str, types
         union = np.unique(np.concatenate(union))
         added_per_class += np.bincount(union % c, minlength=c)
         changed += len(np.unique(union // c))
-        chunk_out = out[start:start + chunk_rows]
+        chunk_out = out[start : start + chunk_rows]
         chunk_out[...] = lab
         chunk_out.reshape(-1)[union] = True
     total = int(before.sum())
-    return Enhancement(out, thresholds, stat, types, total, total + int(added_per_class.sum()), changed,
-                       added_by_type, before, added_per_class,
-                       {t: v.reshape(c, c) for t, v in pair_counts.items()})
+    return Enhancement(
+        out,
+        thresholds,
+        stat,
+        types,
+        total,
+        total + int(added_per_class.sum()),
+        changed,
+        added_by_type,
+        before,
+        added_per_class,
+        {t: v.reshape(c, c) for t, v in pair_counts.items()},
+    )
 
 
 def labels_of(matrix: np.ndarray, mids: Sequence[str], chunk_rows: int = CHUNK_ROWS) -> list[tuple[str, ...]]:
@@ -329,7 +377,7 @@ def labels_of(matrix: np.ndarray, mids: Sequence[str], chunk_rows: int = CHUNK_R
     mids = np.asarray(mids, dtype=object)
     out: list[tuple[str, ...]] = []
     for start in range(0, matrix.shape[0], chunk_rows):
-        block = np.asarray(matrix[start:start + chunk_rows]) != 0
+        block = np.asarray(matrix[start : start + chunk_rows]) != 0
         rows, cols = np.nonzero(block)
         splits = np.searchsorted(rows, np.arange(1, block.shape[0]))
         out.extend(tuple(part) for part in np.split(mids[cols], splits))

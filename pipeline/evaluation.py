@@ -27,9 +27,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np
@@ -67,8 +67,10 @@ class Split:
 def load_split(name: str, features: str | Path, classes: ClassList, classes_source: str = "the class list") -> Split:
     features = Path(features)
     if not features.is_file():
-        raise PipelineError(f"{features}: features file of split '{name}' not found (run the features stage, or "
-                            "drop the split from evaluate.splits)")
+        raise PipelineError(
+            f"{features}: features file of split '{name}' not found (run the features stage, or "
+            "drop the split from evaluate.splits)"
+        )
     try:
         with h5py.File(features, "r") as handle:
             missing = [k for k in ("labels", "clip_id") if k not in handle]
@@ -82,11 +84,14 @@ def load_split(name: str, features: str | Path, classes: ClassList, classes_sour
     except OSError as err:
         raise PipelineError(f"{features}: cannot read as HDF5 ({str(err).splitlines()[0]})") from None
     if file_classes is not None and list(file_classes) != list(classes.mids):
-        raise PipelineError(f"{features}: its {len(file_classes)} classes differ from the {len(classes)} of "
-                            f"{classes_source}; recompute the features with this class list")
+        raise PipelineError(
+            f"{features}: its {len(file_classes)} classes differ from the {len(classes)} of "
+            f"{classes_source}; recompute the features with this class list"
+        )
     if labels.ndim != 2 or labels.shape[1] != len(classes) or labels.shape[0] != len(clip_ids):
-        raise PipelineError(f"{features}: labels of shape {labels.shape} for {len(clip_ids)} clips and "
-                            f"{len(classes)} classes")
+        raise PipelineError(
+            f"{features}: labels of shape {labels.shape} for {len(clip_ids)} clips and {len(classes)} classes"
+        )
     if not len(clip_ids):
         raise PipelineError(f"{features}: no clips to evaluate")
     if not labels.any(axis=0).any():
@@ -94,8 +99,9 @@ def load_split(name: str, features: str | Path, classes: ClassList, classes_sour
     return Split(name, features, clip_ids, labels, options, target)
 
 
-def check_scores(scores: np.ndarray, clip_ids: Sequence[str], class_ids: Sequence[str], split: Split,
-                 classes: ClassList, source: str) -> np.ndarray:
+def check_scores(
+    scores: np.ndarray, clip_ids: Sequence[str], class_ids: Sequence[str], split: Split, classes: ClassList, source: str
+) -> np.ndarray:
     """Scores of `source` aligned with `split` (same clips, same order) and the class list, all finite;
     one-line errors otherwise. Rows in another order are reordered by clip id."""
     class_ids = [str(c) for c in class_ids]
@@ -103,15 +109,19 @@ def check_scores(scores: np.ndarray, clip_ids: Sequence[str], class_ids: Sequenc
         if len(class_ids) != len(classes):
             raise PipelineError(f"{source}: {len(class_ids)} classes, but the class list has {len(classes)}")
         first = next(i for i, (a, b) in enumerate(zip(class_ids, classes.mids)) if a != b)
-        raise PipelineError(f"{source}: class ids differ from the class list: column {first + 1} is "
-                            f"'{class_ids[first]}', the class list has '{classes.mids[first]}'")
+        raise PipelineError(
+            f"{source}: class ids differ from the class list: column {first + 1} is "
+            f"'{class_ids[first]}', the class list has '{classes.mids[first]}'"
+        )
     clip_ids = [str(c) for c in clip_ids]
     if clip_ids != split.clip_ids:
         row_of = {c: i for i, c in enumerate(clip_ids)}
         missing = [c for c in split.clip_ids if c not in row_of]
         if missing:
-            raise PipelineError(f"{source}: no scores for clip {missing[0]} of {split.features} ({len(missing)} of "
-                                f"its {len(split.clip_ids)} clips missing)")
+            raise PipelineError(
+                f"{source}: no scores for clip {missing[0]} of {split.features} ({len(missing)} of "
+                f"its {len(split.clip_ids)} clips missing)"
+            )
         extra = len(clip_ids) - len(row_of)
         if extra:
             raise PipelineError(f"{source}: {extra} clip id(s) appear more than once")
@@ -126,8 +136,10 @@ def check_scores(scores: np.ndarray, clip_ids: Sequence[str], class_ids: Sequenc
     if not finite.all():
         row = int(np.flatnonzero(~finite.all(axis=1))[0])
         col = int(np.flatnonzero(~finite[row])[0])
-        raise PipelineError(f"{source}: non-finite score ({scores[row, col]}) for clip {split.clip_ids[row]}, class "
-                            f"{classes.mids[col]} on split '{split.name}'; the checkpoint is damaged or diverged")
+        raise PipelineError(
+            f"{source}: non-finite score ({scores[row, col]}) for clip {split.clip_ids[row]}, class "
+            f"{classes.mids[col]} on split '{split.name}'; the checkpoint is damaged or diverged"
+        )
     return scores
 
 
@@ -138,8 +150,14 @@ def check_scores(scores: np.ndarray, clip_ids: Sequence[str], class_ids: Sequenc
 class Predictor:
     """Runs checkpoints on every split; counts each checkpoint run."""
 
-    def __init__(self, params, splits: list[Split], classes: ClassList, device: torch.device | str = "cpu",
-                 progress: bool = False):
+    def __init__(
+        self,
+        params,
+        splits: list[Split],
+        classes: ClassList,
+        device: torch.device | str = "cpu",
+        progress: bool = False,
+    ):
         self.params, self.splits, self.classes = params, splits, classes
         self.device = torch.device(device)
         self.progress = progress
@@ -147,13 +165,21 @@ class Predictor:
 
     def check(self, path: Path, payload: dict) -> None:
         if list(payload["class_ids"]) != list(self.classes.mids):
-            raise PipelineError(f"{path}: the checkpoint's {len(payload['class_ids'])} classes differ from the "
-                                f"{len(self.classes)} of the class list; evaluate models trained on this class list")
+            raise PipelineError(
+                f"{path}: the checkpoint's {len(payload['class_ids'])} classes differ from the "
+                f"{len(self.classes)} of the class list; evaluate models trained on this class list"
+            )
         for split in self.splits:
-            if split.fbank_options is not None and payload.get("fbank_options") is not None and \
-                    json.dumps(split.fbank_options, sort_keys=True) != json.dumps(payload["fbank_options"], sort_keys=True):
-                raise PipelineError(f"{path}: trained on features of other fbank options than {split.features}; "
-                                    "recompute the features with the run's features params")
+            if (
+                split.fbank_options is not None
+                and payload.get("fbank_options") is not None
+                and json.dumps(split.fbank_options, sort_keys=True)
+                != json.dumps(payload["fbank_options"], sort_keys=True)
+            ):
+                raise PipelineError(
+                    f"{path}: trained on features of other fbank options than {split.features}; "
+                    "recompute the features with the run's features params"
+                )
 
     def __call__(self, path: str | Path, payload: dict | None = None) -> tuple[dict[str, np.ndarray], int]:
         """`({split: scores [N, C] float32}, parameter count)` of one checkpoint."""
@@ -169,8 +195,7 @@ class Predictor:
         for split in self.splits:
             scores, _ = predict(model, self.params, split.features, norm, self.device, progress=self.progress)
             # predict() keeps the features file's row order: the split's clip ids
-            out[split.name] = check_scores(scores, split.clip_ids, payload["class_ids"], split, self.classes,
-                                           str(path))
+            out[split.name] = check_scores(scores, split.clip_ids, payload["class_ids"], split, self.classes, str(path))
         self.calls.append(str(path))
         return out, count_parameters(model)
 
@@ -257,16 +282,25 @@ def run_labels(run_dirs: Sequence[str | Path]) -> list[str]:
     return labels
 
 
-def evaluate_runs(params, run_dirs: Sequence[str | Path], wa_paths: Sequence[str | Path], splits: list[Split],
-                  classes: ClassList, predictor: Predictor, extra_members: Sequence[str | Path] = ()) -> Evaluation:
+def evaluate_runs(
+    params,
+    run_dirs: Sequence[str | Path],
+    wa_paths: Sequence[str | Path],
+    splits: list[Split],
+    classes: ClassList,
+    predictor: Predictor,
+    extra_members: Sequence[str | Path] = (),
+) -> Evaluation:
     """Predict and score every model and ensemble of the module docstring on every split."""
     from pipeline.train import load_checkpoint
 
     if not run_dirs:
         raise PipelineError("no run to evaluate (pass --runs)")
     if len(wa_paths) != len(run_dirs):
-        raise PipelineError(f"{len(wa_paths)} weight-averaged checkpoints (--wa) for {len(run_dirs)} runs (--runs); "
-                            "pass one per run, in the same order")
+        raise PipelineError(
+            f"{len(wa_paths)} weight-averaged checkpoints (--wa) for {len(run_dirs)} runs (--runs); "
+            "pass one per run, in the same order"
+        )
     labels = run_labels(run_dirs)
     for run_dir, wa_path in zip(map(Path, run_dirs), map(Path, wa_paths)):  # fail before hours of predicting
         if not epoch_files(run_dir):
@@ -282,7 +316,7 @@ def evaluate_runs(params, run_dirs: Sequence[str | Path], wa_paths: Sequence[str
     for label, run_dir, wa_path in zip(labels, map(Path, run_dirs), map(Path, wa_paths)):
         epochs = epoch_files(run_dir)
         named = {kind: run_dir / f"{kind}.pt" for kind in ("best", "last")}
-        for kind, path in named.items():
+        for path in named.values():
             if not path.is_file():
                 raise PipelineError(f"{path}: checkpoint not found (the train stage writes it; rerun it)")
         wanted = {kind: _header_epoch(path) for kind, path in named.items()}
@@ -304,45 +338,72 @@ def evaluate_runs(params, run_dirs: Sequence[str | Path], wa_paths: Sequence[str
         for kind, path in named.items():
             if kind not in found:  # its epoch file is gone: run the file itself
                 found[kind], _ = predictor(path)
-            entries[f"{label}/{kind}"] = Entry(f"{label}/{kind}", kind, 1, n_params, found[kind],
-                                               {"epoch": wanted[kind][0]})
+            entries[f"{label}/{kind}"] = Entry(
+                f"{label}/{kind}", kind, 1, n_params, found[kind], {"epoch": wanted[kind][0]}
+            )
         wa_payload = load_checkpoint(wa_path)
         if not wa_payload.get("averaged_epochs"):
             raise PipelineError(f"{wa_path}: not a weight-averaged checkpoint (run the average stage on {run_dir})")
         scores, wa_params = predictor(wa_path, wa_payload)
         averaged = [e for e in wa_payload["averaged_epochs"]]
-        entries[f"{label}/wa"] = Entry(f"{label}/wa", "wa", 1, wa_params, scores,
-                                       {"averaged_epochs": len(averaged),
-                                        "epochs": f"{min(averaged)}-{max(averaged)}" if averaged else "",
-                                        "bn_reestimated_batches": wa_payload.get("bn_reestimated_batches", 0)})
+        entries[f"{label}/wa"] = Entry(
+            f"{label}/wa",
+            "wa",
+            1,
+            wa_params,
+            scores,
+            {
+                "averaged_epochs": len(averaged),
+                "epochs": f"{min(averaged)}-{max(averaged)}" if averaged else "",
+                "bn_reestimated_batches": wa_payload.get("bn_reestimated_batches", 0),
+            },
+        )
         wa_scores.append((wa_path, scores, wa_params))
-        entries[f"{label}/checkpoint-ensemble"] = Entry(f"{label}/checkpoint-ensemble", "checkpoint-ensemble",
-                                                        run_mean.count, n_params * run_mean.count, run_mean.mean(),
-                                                        {"epochs": f"{min(epochs)}-{max(epochs)}"})
+        entries[f"{label}/checkpoint-ensemble"] = Entry(
+            f"{label}/checkpoint-ensemble",
+            "checkpoint-ensemble",
+            run_mean.count,
+            n_params * run_mean.count,
+            run_mean.mean(),
+            {"epochs": f"{min(epochs)}-{max(epochs)}"},
+        )
         runs.append(RunResult(label, run_dir, seed, list(epochs), epoch_mAP))
 
-    entries[SEED_ENSEMBLE] = Entry(SEED_ENSEMBLE, SEED_ENSEMBLE, len(wa_scores), sum(p for _, _, p in wa_scores),
-                                   ensemble([s for _, s, _ in wa_scores]))
+    entries[SEED_ENSEMBLE] = Entry(
+        SEED_ENSEMBLE,
+        SEED_ENSEMBLE,
+        len(wa_scores),
+        sum(p for _, _, p in wa_scores),
+        ensemble([s for _, s, _ in wa_scores]),
+    )
     extras = [Path(p) for p in extra_members]
     if extras:
         members = list(wa_scores)
         used = {p.resolve(): p for p, _, _ in wa_scores}
         for path in extras:
             if path.is_dir():
-                raise PipelineError(f"evaluate.extra_members: {path} is a folder; name a checkpoint file "
-                                    f"(e.g. {path / 'wa.pt'})")
+                raise PipelineError(
+                    f"evaluate.extra_members: {path} is a folder; name a checkpoint file (e.g. {path / 'wa.pt'})"
+                )
             if path.resolve() in used:
-                raise PipelineError(f"evaluate.extra_members: {path} is already a member ({used[path.resolve()]}); "
-                                    "each model counts once")
+                raise PipelineError(
+                    f"evaluate.extra_members: {path} is already a member ({used[path.resolve()]}); "
+                    "each model counts once"
+                )
             used[path.resolve()] = path
             try:
                 scores, n = predictor(path)
             except PipelineError as err:
                 raise PipelineError(f"evaluate.extra_members: {err}") from None
             members.append((path, scores, n))
-        entries[EXTRA_ENSEMBLE] = Entry(EXTRA_ENSEMBLE, EXTRA_ENSEMBLE, len(members), sum(p for _, _, p in members),
-                                        ensemble([s for _, s, _ in members]),
-                                        {"extra_members": [str(p) for p in extras]})
+        entries[EXTRA_ENSEMBLE] = Entry(
+            EXTRA_ENSEMBLE,
+            EXTRA_ENSEMBLE,
+            len(members),
+            sum(p for _, _, p in members),
+            ensemble([s for _, s, _ in members]),
+            {"extra_members": [str(p) for p in extras]},
+        )
     for entry in entries.values():
         for split in splits:
             entry.metrics[split.name] = _metrics(split, entry.scores[split.name], classes)
@@ -355,8 +416,13 @@ def evaluate_runs(params, run_dirs: Sequence[str | Path], wa_paths: Sequence[str
 
 def _entry_json(entry: Entry, split: str) -> dict:
     m = entry.metrics[split]
-    out = {"mAP": m["mAP"], "mAUC": m["mAUC"], "d_prime": m["d_prime"], "parameters": entry.parameters,
-           "members": entry.members}
+    out = {
+        "mAP": m["mAP"],
+        "mAUC": m["mAUC"],
+        "d_prime": m["d_prime"],
+        "parameters": entry.parameters,
+        "members": entry.members,
+    }
     if "epoch" in entry.detail:
         out["epoch"] = entry.detail["epoch"]
     if "averaged_epochs" in entry.detail:
@@ -406,14 +472,18 @@ def summary_table(result: Evaluation, split: Split) -> str:
         else:
             shown[name] = name
     width = max(len("model"), *map(len, shown.values()))
-    lines = [f"split {split.name}: {first['n_clips']} clips, {first['n_scored_classes']} of {first['n_classes']} "
-             f"classes with a positive clip ({split.features})",
-             f"{'model':<{width}} {'members':>7} {'params':>8} {'mAP':>7} {'AUC':>7} {'d-prime':>8}"]
+    lines = [
+        f"split {split.name}: {first['n_clips']} clips, {first['n_scored_classes']} of {first['n_classes']} "
+        f"classes with a positive clip ({split.features})",
+        f"{'model':<{width}} {'members':>7} {'params':>8} {'mAP':>7} {'AUC':>7} {'d-prime':>8}",
+    ]
     for name, entry in result.entries.items():
         m = entry.metrics[split.name]
         d = "inf" if m["d_prime"] is None and m["mAUC"] == 1.0 else _fmt(m["d_prime"], ".3f")
-        lines.append(f"{shown[name]:<{width}} {entry.members:>7} {_params_text(entry.parameters):>8} "
-                     f"{_fmt(m['mAP'], '.4f'):>7} {_fmt(m['mAUC'], '.4f'):>7} {d:>8}")
+        lines.append(
+            f"{shown[name]:<{width}} {entry.members:>7} {_params_text(entry.parameters):>8} "
+            f"{_fmt(m['mAP'], '.4f'):>7} {_fmt(m['mAUC'], '.4f'):>7} {d:>8}"
+        )
     return "\n".join(lines)
 
 
@@ -426,8 +496,12 @@ class Outputs:
     plots: list[Path]
 
 
-def write_outputs(result: Evaluation, out_dir: str | Path, plots_dir: str | Path | None = None,
-                  predictions_dir: str | Path | None = None) -> Outputs:
+def write_outputs(
+    result: Evaluation,
+    out_dir: str | Path,
+    plots_dir: str | Path | None = None,
+    predictions_dir: str | Path | None = None,
+) -> Outputs:
     """eval.json, per_class_ap_<split>.csv and summary.txt in `out_dir`; predictions
     `<predictions_dir>/<split>/<model>.npz`; plots (PNG + CSV) in `<plots_dir>/<split>/`."""
     from pipeline import plots
@@ -455,14 +529,32 @@ def write_outputs(result: Evaluation, out_dir: str | Path, plots_dir: str | Path
     for split in result.splits:
         folder = plots_dir / split.name
         entry = result.entries[headline]
-        written += plots.per_class_ap(folder / "per_class_ap", split.labels, entry.metrics[split.name], result.classes,
-                                      f"{headline}, {split.name}")
-        written += plots.pr_curves(folder / "pr_curves", split.labels, entry.scores[split.name],
-                                   entry.metrics[split.name], result.classes, f"{headline}, {split.name}")
-        levels = {name: e.metrics[split.name]["mAP"] for name, e in result.entries.items()
-                  if e.kind in ("wa", "checkpoint-ensemble", SEED_ENSEMBLE, EXTRA_ENSEMBLE)}
-        written += plots.map_per_epoch(folder / "map_per_epoch", {r.label: r.epoch_mAP[split.name] for r in result.runs},
-                                       levels, f"mAP per epoch, {split.name}")
+        written += plots.per_class_ap(
+            folder / "per_class_ap",
+            split.labels,
+            entry.metrics[split.name],
+            result.classes,
+            f"{headline}, {split.name}",
+        )
+        written += plots.pr_curves(
+            folder / "pr_curves",
+            split.labels,
+            entry.scores[split.name],
+            entry.metrics[split.name],
+            result.classes,
+            f"{headline}, {split.name}",
+        )
+        levels = {
+            name: e.metrics[split.name]["mAP"]
+            for name, e in result.entries.items()
+            if e.kind in ("wa", "checkpoint-ensemble", SEED_ENSEMBLE, EXTRA_ENSEMBLE)
+        }
+        written += plots.map_per_epoch(
+            folder / "map_per_epoch",
+            {r.label: r.epoch_mAP[split.name] for r in result.runs},
+            levels,
+            f"mAP per epoch, {split.name}",
+        )
     return Outputs(metrics, per_class, summary, predictions, written)
 
 
@@ -477,8 +569,7 @@ def find_train_runs(run, seeds: Sequence[int | None]) -> dict[int, str]:
     for seed in seeds:
         if seed is None:
             continue
-        candidates = run.search_siblings(
-            f"tags.stage = 'train' and tags.role = 'seed' and tags.seed = '{int(seed)}'")
+        candidates = run.search_siblings(f"tags.stage = 'train' and tags.role = 'seed' and tags.seed = '{int(seed)}'")
         if candidates:
             finished = [r for r in candidates if r.info.status == "FINISHED"]
             found[int(seed)] = (finished or candidates)[0].info.run_id
@@ -488,8 +579,7 @@ def find_train_runs(run, seeds: Sequence[int | None]) -> dict[int, str]:
 def log_evaluation(run, result: Evaluation, outputs: Outputs) -> dict[int, str]:
     """Metrics, tags (the seed runs summarised) and artifacts of one evaluation, on an MLflow run."""
     train_runs = find_train_runs(run, [r.seed for r in result.runs])
-    tags = {"runs": ",".join(r.label for r in result.runs),
-            "seeds": ",".join(str(r.seed) for r in result.runs)}
+    tags = {"runs": ",".join(r.label for r in result.runs), "seeds": ",".join(str(r.seed) for r in result.runs)}
     for r in result.runs:
         if r.seed in train_runs:
             tags[f"train_run.{r.label}"] = train_runs[r.seed]
@@ -505,8 +595,14 @@ def log_evaluation(run, result: Evaluation, outputs: Outputs) -> dict[int, str]:
                     metrics[f"{split.name}/{name}/{key}"] = m[key]
         epochs = sorted({e for r in result.runs for e in r.epoch_mAP[split.name]})
         for epoch in epochs:
-            run.log_metrics({f"{split.name}/{r.label}/epoch_mAP": r.epoch_mAP[split.name][epoch]
-                             for r in result.runs if r.epoch_mAP[split.name].get(epoch) is not None}, step=epoch)
+            run.log_metrics(
+                {
+                    f"{split.name}/{r.label}/epoch_mAP": r.epoch_mAP[split.name][epoch]
+                    for r in result.runs
+                    if r.epoch_mAP[split.name].get(epoch) is not None
+                },
+                step=epoch,
+            )
     run.log_metrics(metrics)
     run.log_params({"extra_members": ",".join(result.extra_members) or "none"})
     run.log_artifact(outputs.metrics)

@@ -37,8 +37,13 @@ KALDI_OPTIONS = {"htk_compat": True, "use_energy": False, "window_type": "hannin
 
 
 def fbank_options(cfg: Features) -> dict:
-    return {**KALDI_OPTIONS, "sample_frequency": SAMPLE_RATE, "num_mel_bins": cfg.num_mel_bins,
-            "frame_shift": cfg.frame_shift_ms, "frame_length": cfg.frame_length_ms}
+    return {
+        **KALDI_OPTIONS,
+        "sample_frequency": SAMPLE_RATE,
+        "num_mel_bins": cfg.num_mel_bins,
+        "frame_shift": cfg.frame_shift_ms,
+        "frame_length": cfg.frame_length_ms,
+    }
 
 
 def fbank_from_options(wave: np.ndarray, options: dict, target_length: int) -> tuple[np.ndarray, int]:
@@ -66,8 +71,13 @@ def _create(handle: h5py.File, n: int, cfg: Features, classes: ClassList) -> Non
     handle.create_dataset("fbank", shape=(n, t, f), maxshape=(None, t, f), dtype="float16", chunks=(1, t, f))
     handle.create_dataset("n_frames", shape=(n,), maxshape=(None,), dtype="int32")
     handle.create_dataset("clip_id", shape=(n,), maxshape=(None,), dtype=h5py.string_dtype())
-    handle.create_dataset("labels", shape=(n, len(classes)), maxshape=(None, len(classes)), dtype="uint8",
-                          chunks=(max(1, min(n, 4096)), len(classes)))
+    handle.create_dataset(
+        "labels",
+        shape=(n, len(classes)),
+        maxshape=(None, len(classes)),
+        dtype="uint8",
+        chunks=(max(1, min(n, 4096)), len(classes)),
+    )
     handle.attrs["sample_rate"] = SAMPLE_RATE
     handle.attrs["fbank_options"] = json.dumps(fbank_options(cfg), sort_keys=True)
     handle.attrs["target_length"] = t
@@ -79,9 +89,18 @@ def _create(handle: h5py.File, n: int, cfg: Features, classes: ClassList) -> Non
 CONTENT_DIGEST = "content_digest"
 
 
-def extract_features(entries: list[Entry], *, split: str, data_root: str | Path, out: str | Path, cfg: Features,
-                     classes: ClassList, on_bad: str, shard: tuple[int, int] = (0, 1),
-                     progress: bool = True) -> StageReport:
+def extract_features(
+    entries: list[Entry],
+    *,
+    split: str,
+    data_root: str | Path,
+    out: str | Path,
+    cfg: Features,
+    classes: ClassList,
+    on_bad: str,
+    shard: tuple[int, int] = (0, 1),
+    progress: bool = True,
+) -> StageReport:
     """Manifest entries (this shard's block) -> one HDF5 file, written atomically."""
     started = time.monotonic()
     block = entries[shard_slice(len(entries), shard)]
@@ -162,7 +181,7 @@ def merge_shards(paths: list[Path], out: str | Path) -> int:
                 for path, size in zip(paths, sizes):
                     if size:
                         source = os.path.relpath(Path(path).absolute(), out.parent.absolute())
-                        layout[start:start + size] = h5py.VirtualSource(source, name, shape=(size, *tail))
+                        layout[start : start + size] = h5py.VirtualSource(source, name, shape=(size, *tail))
                     start += size
                 handle.create_virtual_dataset(name, layout, fillvalue=None)
             handle.attrs.update(attrs)
@@ -217,8 +236,8 @@ def normalisation_stats(path: str | Path, chunk: int = 256) -> dict:
         n = handle["fbank"].shape[0]
         frames = handle["n_frames"][:]
         for start in range(0, n, chunk):
-            block = handle["fbank"][start:start + chunk].astype(np.float64)
-            real = np.arange(block.shape[1])[None, :] < frames[start:start + chunk, None]
+            block = handle["fbank"][start : start + chunk].astype(np.float64)
+            real = np.arange(block.shape[1])[None, :] < frames[start : start + chunk, None]
             values = block[real]
             total += values.sum()
             total_sq += np.square(values).sum()

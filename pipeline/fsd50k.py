@@ -52,8 +52,10 @@ def release_dir(params: Params) -> Path:
 
 def _hint(params: Params) -> str:
     folder = release_dir(params)
-    return (f"no network? download the FSD50K release ({RECORD}) elsewhere and put its files in {folder}, or point "
-            f"data.fsd50k.release_dir at an extracted copy and set data.fsd50k.source=local")
+    return (
+        f"no network? download the FSD50K release ({RECORD}) elsewhere and put its files in {folder}, or point "
+        f"data.fsd50k.release_dir at an extracted copy and set data.fsd50k.source=local"
+    )
 
 
 def archive_names(kind: str, parts: int) -> list[str]:
@@ -62,6 +64,7 @@ def archive_names(kind: str, parts: int) -> list[str]:
 
 
 # ---- downloads ---------------------------------------------------------------------------
+
 
 class Release:
     """Fetches files of the release into release_dir, checked against the Zenodo record."""
@@ -74,8 +77,14 @@ class Release:
         """{file name: (size, md5)} from the Zenodo record API."""
         if self._record is None:
             cfg = self.cfg
-            data = fetch_json(cfg.record_url, timeout=cfg.timeout_s, retries=cfg.retries, backoff=cfg.backoff_s,
-                              hint=_hint(self.params), what="the FSD50K record (file sizes and checksums)")
+            data = fetch_json(
+                cfg.record_url,
+                timeout=cfg.timeout_s,
+                retries=cfg.retries,
+                backoff=cfg.backoff_s,
+                hint=_hint(self.params),
+                what="the FSD50K record (file sizes and checksums)",
+            )
             files = data.get("files", []) if isinstance(data, dict) else []
             if isinstance(files, dict):  # InvenioRDM: {"entries": {...}} or {"entries": [...]}
                 files = files.get("entries", [])
@@ -95,15 +104,25 @@ class Release:
         if dest.is_file():
             return dest
         if self.cfg.source == "local":
-            raise PipelineError(f"{dest}: not found; data.fsd50k.source=local expects the FSD50K release "
-                                f"({RECORD}) in data.fsd50k.release_dir, or set data.fsd50k.source=download")
+            raise PipelineError(
+                f"{dest}: not found; data.fsd50k.source=local expects the FSD50K release "
+                f"({RECORD}) in data.fsd50k.release_dir, or set data.fsd50k.source=download"
+            )
         size = md5 = None
         if self.cfg.verify:
             size, md5 = self.record().get(name, (None, None))
         cfg = self.cfg
-        return fetch(f"{cfg.base_url.rstrip('/')}/{name}?download=1", dest, size=size, md5=md5,
-                     timeout=cfg.timeout_s, retries=cfg.retries, backoff=cfg.backoff_s, hint=_hint(self.params),
-                     progress=True)
+        return fetch(
+            f"{cfg.base_url.rstrip('/')}/{name}?download=1",
+            dest,
+            size=size,
+            md5=md5,
+            timeout=cfg.timeout_s,
+            retries=cfg.retries,
+            backoff=cfg.backoff_s,
+            hint=_hint(self.params),
+            progress=True,
+        )
 
 
 def _safe_extract(archive: Path, folder: Path, members: list[str] | None = None) -> None:
@@ -134,8 +153,10 @@ def ground_truth(params: Params) -> Path:
                 except zipfile.BadZipFile as err:
                     raise PipelineError(f"{archive}: not a valid zip ({err}); delete it and rerun") from None
     except OSError as err:
-        raise PipelineError(f"{release.dir}: cannot write the FSD50K ground truth there ({err.strerror or err}); "
-                            f"check data.fsd50k.release_dir") from None
+        raise PipelineError(
+            f"{release.dir}: cannot write the FSD50K ground truth there ({err.strerror or err}); "
+            f"check data.fsd50k.release_dir"
+        ) from None
     missing = [f for f in GROUND_TRUTH_FILES if not (folder / f).is_file()]
     if missing:
         raise PipelineError(f"{folder}: {', '.join(missing)} missing after extracting {GROUND_TRUTH}.zip")
@@ -160,16 +181,16 @@ def _zip64_values(extra: bytes, needs: list[str]) -> tuple[dict, bytes]:
     values, rest, pos = {}, b"", 0
     while pos + 4 <= len(extra):
         tag, size = struct.unpack_from("<2H", extra, pos)
-        body = extra[pos + 4:pos + 4 + size]
+        body = extra[pos + 4 : pos + 4 + size]
         if tag == 1:
             offset = 0
             for name in needs:
                 width = 4 if name == "disk" else 8
                 if offset + width <= len(body):
-                    values[name] = int.from_bytes(body[offset:offset + width], "little")
+                    values[name] = int.from_bytes(body[offset : offset + width], "little")
                 offset += width
         else:
-            rest += extra[pos:pos + 4 + size]
+            rest += extra[pos : pos + 4 + size]
         pos += 4 + size
     return values, rest
 
@@ -191,7 +212,7 @@ def reassemble_split_zip(parts: list[Path], out: Path) -> Path:
             if at < 0:
                 raise SplitZipError(f"{parts[-1]}: no zip end record; is the download complete?")
             _, _, cd_disk, _, entries, cd_size, cd_offset, _ = _EOCD.unpack_from(tail, at)
-            if at >= _Z64_LOCATOR.size and tail[at - _Z64_LOCATOR.size:at - _Z64_LOCATOR.size + 4] == b"PK\x06\x07":
+            if at >= _Z64_LOCATOR.size and tail[at - _Z64_LOCATOR.size : at - _Z64_LOCATOR.size + 4] == b"PK\x06\x07":
                 _, z64_disk, z64_offset, _ = _Z64_LOCATOR.unpack_from(tail, at - _Z64_LOCATOR.size)
                 joined.seek(starts[z64_disk] + z64_offset if z64_disk < len(starts) else 0)
                 record = joined.read(_Z64_EOCD.size)
@@ -199,31 +220,38 @@ def reassemble_split_zip(parts: list[Path], out: Path) -> Path:
                     fields = _Z64_EOCD.unpack(record)
                     cd_disk, entries, cd_size, cd_offset = fields[5], fields[7], fields[8], fields[9]
             if cd_disk >= len(starts):
-                raise SplitZipError(f"{parts[-1]}: the archive says it has more parts than the {len(parts)} given "
-                                    f"(check data.fsd50k.dev_parts / eval_parts)")
+                raise SplitZipError(
+                    f"{parts[-1]}: the archive says it has more parts than the {len(parts)} given "
+                    f"(check data.fsd50k.dev_parts / eval_parts)"
+                )
             joined.seek(starts[cd_disk] + cd_offset)
             central = joined.read(cd_size)
             new_cd, pos, count = bytearray(), 0, 0
-            while pos + _CENTRAL.size <= len(central) and central[pos:pos + 4] == b"PK\x01\x02":
+            while pos + _CENTRAL.size <= len(central) and central[pos : pos + 4] == b"PK\x01\x02":
                 fields = list(_CENTRAL.unpack_from(central, pos))
                 name_len, extra_len, comment_len = fields[12], fields[13], fields[14]
                 body = pos + _CENTRAL.size
-                name = central[body:body + name_len]
-                extra = central[body + name_len:body + name_len + extra_len]
-                comment = central[body + name_len + extra_len:body + name_len + extra_len + comment_len]
-                needs = [k for k, v in (("usize", fields[11]), ("csize", fields[10]), ("offset", fields[18]))
-                         if v == U32] + (["disk"] if fields[15] == U16 else [])
+                name = central[body : body + name_len]
+                extra = central[body + name_len : body + name_len + extra_len]
+                comment = central[body + name_len + extra_len : body + name_len + extra_len + comment_len]
+                needs = [
+                    k for k, v in (("usize", fields[11]), ("csize", fields[10]), ("offset", fields[18])) if v == U32
+                ] + (["disk"] if fields[15] == U16 else [])
                 values, other = _zip64_values(extra, needs)
                 usize, csize = values.get("usize", fields[11]), values.get("csize", fields[10])
                 disk, rel = values.get("disk", fields[15]), values.get("offset", fields[18])
                 if disk >= len(starts):
-                    raise SplitZipError(f"{parts[-1]}: member {name[:80]!r} lies in part {disk + 1}, but only "
-                                        f"{len(parts)} parts were given")
+                    raise SplitZipError(
+                        f"{parts[-1]}: member {name[:80]!r} lies in part {disk + 1}, but only "
+                        f"{len(parts)} parts were given"
+                    )
                 absolute = starts[disk] + rel
                 joined.seek(absolute)
                 if joined.read(4) != b"PK\x03\x04":
-                    raise SplitZipError(f"{out.name}: member {name[:80]!r} not found where the archive says; "
-                                        f"is a part missing, damaged or out of order?")
+                    raise SplitZipError(
+                        f"{out.name}: member {name[:80]!r} not found where the archive says; "
+                        f"is a part missing, damaged or out of order?"
+                    )
                 z64 = b""
                 if fields[11] == U32:
                     z64 += struct.pack("<Q", usize)
@@ -239,24 +267,32 @@ def reassemble_split_zip(parts: list[Path], out: Path) -> Path:
                 pos = body + name_len + extra_len + comment_len
                 count += 1
             if count != entries:
-                raise SplitZipError(f"{parts[-1]}: central directory lists {count} of {entries} members; "
-                                    f"is a part damaged?")
+                raise SplitZipError(
+                    f"{parts[-1]}: central directory lists {count} of {entries} members; is a part damaged?"
+                )
             joined.seek(total)
             cd_start = total
             joined.write(new_cd)
             cd_end = joined.tell()
             if count >= U16 or cd_start >= U32 or len(new_cd) >= U32:
-                joined.write(_Z64_EOCD.pack(b"PK\x06\x06", _Z64_EOCD.size - 12, 45, 45, 0, 0, count, count,
-                                            len(new_cd), cd_start))
+                joined.write(
+                    _Z64_EOCD.pack(
+                        b"PK\x06\x06", _Z64_EOCD.size - 12, 45, 45, 0, 0, count, count, len(new_cd), cd_start
+                    )
+                )
                 joined.write(_Z64_LOCATOR.pack(b"PK\x06\x07", 0, cd_end, 1))
-            joined.write(_EOCD.pack(b"PK\x05\x06", 0, 0, min(count, U16), min(count, U16), min(len(new_cd), U32),
-                                    min(cd_start, U32), 0))
+            joined.write(
+                _EOCD.pack(
+                    b"PK\x05\x06", 0, 0, min(count, U16), min(count, U16), min(len(new_cd), U32), min(cd_start, U32), 0
+                )
+            )
         with zipfile.ZipFile(tmp) as check:  # readable as a whole, or it does not become `out`
             check.infolist()
     return out
 
 
 # ---- audio sources -----------------------------------------------------------------------
+
 
 class FolderAudio:
     def __init__(self, folder: Path):
@@ -274,8 +310,9 @@ class ZipAudio:
         self.archive = archive
         self.local = threading.local()
         with zipfile.ZipFile(archive) as zf:
-            self.members = {Path(i.filename).stem: i.filename for i in zf.infolist()
-                            if i.filename.lower().endswith(".wav")}
+            self.members = {
+                Path(i.filename).stem: i.filename for i in zf.infolist() if i.filename.lower().endswith(".wav")
+            }
 
     def _zip(self) -> zipfile.ZipFile:
         if getattr(self.local, "zf", None) is None:
@@ -314,15 +351,19 @@ def audio_source(params: Params, kind: str):
         return ZipAudio(unsplit)
     names = archive_names(kind, cfg.dev_parts if kind == "dev" else cfg.eval_parts)
     if cfg.source == "local" and not all((folder / n).is_file() for n in names):
-        raise PipelineError(f"{extracted}: not found, nor the archives {', '.join(names)} in {folder}; "
-                            f"data.fsd50k.source=local expects the FSD50K release ({RECORD}) there, "
-                            f"extracted or not (or set data.fsd50k.source=download)")
+        raise PipelineError(
+            f"{extracted}: not found, nor the archives {', '.join(names)} in {folder}; "
+            f"data.fsd50k.source=local expects the FSD50K release ({RECORD}) there, "
+            f"extracted or not (or set data.fsd50k.source=download)"
+        )
     try:
         _assemble(params, names, unsplit)
     except OSError as err:
-        raise PipelineError(f"{folder}: cannot write the FSD50K {kind} audio there ({err.strerror or err}); "
-                            f"data.fsd50k.release_dir must be writable unless it holds the extracted "
-                            f"release") from None
+        raise PipelineError(
+            f"{folder}: cannot write the FSD50K {kind} audio there ({err.strerror or err}); "
+            f"data.fsd50k.release_dir must be writable unless it holds the extracted "
+            f"release"
+        ) from None
     return ZipAudio(unsplit)
 
 
@@ -343,13 +384,14 @@ def _assemble(params: Params, names: list[str], unsplit: Path) -> None:
 
 # ---- class list, ontology, listings ------------------------------------------------------
 
+
 def read_vocabulary(path: Path) -> ClassList:
     with open(path, newline="") as handle:
         rows = [r for r in csv.reader(handle) if any(c.strip() for c in r)]
     if rows and not rows[0][0].strip().isdigit():  # tolerate a header
         rows = rows[1:]
     try:
-        rows = sorted(((int(r[0]), r[1].strip(), r[2].strip()) for r in rows))
+        rows = sorted((int(r[0]), r[1].strip(), r[2].strip()) for r in rows)
     except (IndexError, ValueError):
         raise PipelineError(f"{path}: expected rows index,name,mid (FSD50K vocabulary.csv)") from None
     if [r[0] for r in rows] != list(range(len(rows))):
@@ -364,10 +406,18 @@ def class_metadata(params: Params) -> tuple[ClassList, list[dict]]:
     dest = folder / "ontology.json"
     if not dest.is_file():
         if cfg.source == "local":
-            raise PipelineError(f"{dest}: not found; put AudioSet's ontology.json ({cfg.ontology_url}) there "
-                                f"(label enhancement needs it)")
-        fetch(cfg.ontology_url, dest, timeout=cfg.timeout_s, retries=cfg.retries, backoff=cfg.backoff_s,
-              hint=f"no network? copy AudioSet's ontology.json ({cfg.ontology_url}) into {folder} by hand")
+            raise PipelineError(
+                f"{dest}: not found; put AudioSet's ontology.json ({cfg.ontology_url}) there "
+                f"(label enhancement needs it)"
+            )
+        fetch(
+            cfg.ontology_url,
+            dest,
+            timeout=cfg.timeout_s,
+            retries=cfg.retries,
+            backoff=cfg.backoff_s,
+            hint=f"no network? copy AudioSet's ontology.json ({cfg.ontology_url}) into {folder} by hand",
+        )
     return classes, read_ontology(dest)
 
 
@@ -393,8 +443,9 @@ def list_split(params: Params, split: str, classes: ClassList) -> Listing:
         where = f"{path} line {line}"
         if len(row) != len(header):
             if split != "val":
-                entries.append(Rejected("", where, "malformed_row", f"{where}: expected {len(header)} fields, "
-                                                                    f"found {len(row)}"))
+                entries.append(
+                    Rejected("", where, "malformed_row", f"{where}: expected {len(header)} fields, found {len(row)}")
+                )
             continue
         if kind == "dev" and row[col["split"]].strip() != split:
             continue
@@ -407,8 +458,11 @@ def list_split(params: Params, split: str, classes: ClassList) -> Listing:
         seen.add(fname)
         unknown = [m for m in mids if m not in known]
         if unknown or not mids:
-            reason, detail = ("unknown_label", f"label {unknown[0]!r} is not in vocabulary.csv") if unknown else \
-                ("empty_labels", "no labels")
+            reason, detail = (
+                ("unknown_label", f"label {unknown[0]!r} is not in vocabulary.csv")
+                if unknown
+                else ("empty_labels", "no labels")
+            )
             entries.append(Rejected(fname, where, reason, f"{where}: {detail}"))
             continue
         shown, load = source.loader(fname)
@@ -427,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
         read_vocabulary(folder / "vocabulary.csv")
         for kind in ("dev", "eval"):
             source = audio_source(params, kind)
-            where = getattr(source, "archive", None) or getattr(source, "folder")
+            where = getattr(source, "archive", None) or source.folder
             print(f"FSD50K {kind} audio: {where}")
 
     run(body, parser, argv)

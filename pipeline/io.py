@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 TMP_MARK = ".tmp-"
 
@@ -57,7 +57,7 @@ def remove_stale_temporaries(folder: str | Path, targets: set[str]) -> int:
         name = path.name
         if name.startswith(".") and TMP_MARK in name:
             stem, rest = name[1:].split(TMP_MARK, 1)
-            suffix = rest[rest.index("."):] if "." in rest else ""
+            suffix = rest[rest.index(".") :] if "." in rest else ""
             if f"{stem}{suffix}" in targets:
                 stale.append(path)
     for path in stale:

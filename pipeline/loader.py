@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import h5py
 import numpy as np
@@ -72,8 +72,10 @@ def aligned_weights(dataset: FeatureDataset, weights_by_clip: dict[str, float], 
     ids = dataset.clip_ids()
     missing = [c for c in ids if c not in weights_by_clip]
     if missing:
-        raise PipelineError(f"{source}: no weight for clip '{missing[0]}' of {dataset.path}; "
-                            "rerun the weights stage on the same manifest")
+        raise PipelineError(
+            f"{source}: no weight for clip '{missing[0]}' of {dataset.path}; "
+            "rerun the weights stage on the same manifest"
+        )
     return np.array([weights_by_clip[c] for c in ids], np.float64)
 
 
@@ -83,7 +85,7 @@ class Normaliser:
     std: float
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "Normaliser":
+    def from_file(cls, path: str | Path) -> Normaliser:
         """The stats stage's JSON ({mean, std, ...})."""
         try:
             stats = json.loads(Path(path).read_text())
@@ -91,12 +93,22 @@ class Normaliser:
         except FileNotFoundError:
             raise PipelineError(f"{path}: normalisation stats not found (run the stats stage first)") from None
         except (ValueError, KeyError, TypeError):
-            raise PipelineError(f"{path}: expected JSON with numeric mean and std (written by the stats stage)") from None
+            raise PipelineError(
+                f"{path}: expected JSON with numeric mean and std (written by the stats stage)"
+            ) from None
 
 
-def train_loader(params: Params, dataset: FeatureDataset, weights: np.ndarray | None, *, seed: int,
-                 rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
-                 num_samples: int | None = None) -> DataLoader:
+def train_loader(
+    params: Params,
+    dataset: FeatureDataset,
+    weights: np.ndarray | None,
+    *,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+    num_samples: int | None = None,
+) -> DataLoader:
     """Batches of raw (float16, unaugmented) items, drawn by the balanced or shuffling sampler.
 
     An epoch is `num_samples` draws (default: one per clip), shared among the ranks.
@@ -105,19 +117,37 @@ def train_loader(params: Params, dataset: FeatureDataset, weights: np.ndarray | 
         weights = np.ones(len(dataset))
     sampler = make_sampler(params, weights, rank=rank, world_size=world_size, seed=seed, num_samples=num_samples)
     workers = params.train.num_workers
-    return DataLoader(dataset, batch_size=params.train.batch_size, sampler=sampler, num_workers=workers,
-                      persistent_workers=workers > 0, pin_memory=torch.device(device).type == "cuda",
-                      drop_last=False, prefetch_factor=4 if workers else None)
+    return DataLoader(
+        dataset,
+        batch_size=params.train.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=torch.device(device).type == "cuda",
+        drop_last=False,
+        prefetch_factor=4 if workers else None,
+    )
 
 
 def eval_loader(params: Params, dataset: FeatureDataset, batch_size: int | None = None) -> DataLoader:
     workers = params.train.num_workers
-    return DataLoader(dataset, batch_size=batch_size or params.train.batch_size, shuffle=False,
-                      num_workers=workers, persistent_workers=False)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size or params.train.batch_size,
+        shuffle=False,
+        num_workers=workers,
+        persistent_workers=False,
+    )
 
 
-def device_batches(loader: DataLoader, params: Params, norm: Normaliser, device: torch.device | str,
-                   generator: torch.Generator, train: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def device_batches(
+    loader: DataLoader,
+    params: Params,
+    norm: Normaliser,
+    device: torch.device | str,
+    generator: torch.Generator,
+    train: bool = True,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Move each batch to the device as float32 and augment (training) or only normalise it."""
     if torch.device(device).type == "cpu":
         tune_host_allocator()  # batch-sized temporaries would otherwise page-fault on every batch
@@ -125,7 +155,14 @@ def device_batches(loader: DataLoader, params: Params, norm: Normaliser, device:
         fbank = fbank.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         if train:
-            yield augment_batch(fbank, labels, params.augment, norm.mean, norm.std, generator,
-                                n_frames=n_frames.to(device, non_blocking=True))
+            yield augment_batch(
+                fbank,
+                labels,
+                params.augment,
+                norm.mean,
+                norm.std,
+                generator,
+                n_frames=n_frames.to(device, non_blocking=True),
+            )
         else:
             yield prepare_eval_batch(fbank, norm.mean, norm.std), labels.float()

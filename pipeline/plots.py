@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -65,9 +65,12 @@ def per_class_ap(stem: str | Path, labels: np.ndarray, metrics: dict, classes, t
     stem = Path(stem)
     scored = _scored(metrics, classes)
     positives = labels.sum(axis=0, dtype=np.int64)
-    table = _csv(stem.with_suffix(".csv"), ["index", "mid", "display_name", "positives", "AP"],
-                 [[i, classes.mids[i], classes.names[i], int(positives[i]), f"{ap:.6f}"] for i, ap in scored])
-    shown = scored if len(scored) <= MAX_BARS else scored[:MAX_BARS // 2] + scored[-MAX_BARS // 2:]
+    table = _csv(
+        stem.with_suffix(".csv"),
+        ["index", "mid", "display_name", "positives", "AP"],
+        [[i, classes.mids[i], classes.names[i], int(positives[i]), f"{ap:.6f}"] for i, ap in scored],
+    )
+    shown = scored if len(scored) <= MAX_BARS else scored[: MAX_BARS // 2] + scored[-MAX_BARS // 2 :]
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 1.0 + 0.22 * max(len(shown), 1)))
     ax.barh(range(len(shown)), [ap for _, ap in shown], color="tab:blue")
@@ -110,16 +113,23 @@ def chosen_curves(metrics: dict, classes, k: int = CURVES) -> list[tuple[str, in
     return best + worst
 
 
-def pr_curves(stem: str | Path, labels: np.ndarray, scores: np.ndarray, metrics: dict, classes,
-              title: str) -> list[Path]:
+def pr_curves(
+    stem: str | Path, labels: np.ndarray, scores: np.ndarray, metrics: dict, classes, title: str
+) -> list[Path]:
     stem = Path(stem)
     curves = chosen_curves(metrics, classes)
     exact = {name: precision_recall(labels[:, i], scores[:, i]) for name, i, _ in curves}
     grid = {name: interpolated_precision(*exact[name]) for name, _, _ in curves}
-    table = _csv(stem.with_suffix(".csv"), ["recall", *grid],
-                 [[f"{r:.2f}", *(f"{grid[name][j]:.6f}" for name in grid)] for j, r in enumerate(RECALL_GRID)])
-    names = _csv(stem.parent / f"{stem.name}_classes.csv", ["curve", "index", "mid", "display_name", "AP"],
-                 [[name, i, classes.mids[i], classes.names[i], f"{ap:.6f}"] for name, i, ap in curves])
+    table = _csv(
+        stem.with_suffix(".csv"),
+        ["recall", *grid],
+        [[f"{r:.2f}", *(f"{grid[name][j]:.6f}" for name in grid)] for j, r in enumerate(RECALL_GRID)],
+    )
+    names = _csv(
+        stem.parent / f"{stem.name}_classes.csv",
+        ["curve", "index", "mid", "display_name", "AP"],
+        [[name, i, classes.mids[i], classes.names[i], f"{ap:.6f}"] for name, i, ap in curves],
+    )
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
     for name, i, ap in curves:
@@ -134,8 +144,9 @@ def pr_curves(stem: str | Path, labels: np.ndarray, scores: np.ndarray, metrics:
     return [table, names, _save(fig, stem.with_suffix(".png"))]
 
 
-def map_per_epoch(stem: str | Path, runs: dict[str, dict[int, float]], levels: dict[str, float | None],
-                  title: str) -> list[Path]:
+def map_per_epoch(
+    stem: str | Path, runs: dict[str, dict[int, float]], levels: dict[str, float | None], title: str
+) -> list[Path]:
     """`runs`: run label -> {epoch: mAP}; `levels`: model name -> mAP (weight averages, ensembles)."""
     stem = Path(stem)
     epochs = sorted({e for per in runs.values() for e in per})
@@ -144,9 +155,11 @@ def map_per_epoch(stem: str | Path, runs: dict[str, dict[int, float]], levels: d
     def cell(value):
         return "" if value is None else f"{value:.6f}"
 
-    table = _csv(stem.with_suffix(".csv"), ["epoch", *runs, *levels],
-                 [[e, *(cell(per.get(e)) for per in runs.values()), *(cell(v) for v in levels.values())]
-                  for e in epochs])
+    table = _csv(
+        stem.with_suffix(".csv"),
+        ["epoch", *runs, *levels],
+        [[e, *(cell(per.get(e)) for per in runs.values()), *(cell(v) for v in levels.values())] for e in epochs],
+    )
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     colours = {label: f"C{i}" for i, label in enumerate(runs)}
@@ -160,11 +173,15 @@ def map_per_epoch(stem: str | Path, runs: dict[str, dict[int, float]], levels: d
         elif name.endswith("/checkpoint-ensemble"):
             ax.axhline(value, color=colours.get(run, "grey"), linestyle=":", label=f"{name} ({value:.4f})")
         else:
-            ax.axhline(value, color="black" if name == "seed-ensemble" else "tab:red", linewidth=2,
-                       label=f"{name} ({value:.4f})")
+            ax.axhline(
+                value,
+                color="black" if name == "seed-ensemble" else "tab:red",
+                linewidth=2,
+                label=f"{name} ({value:.4f})",
+            )
     ax.set_xlabel("epoch"), ax.set_ylabel("mAP")
     if epochs:
-        ax.set_xticks(epochs if len(epochs) <= 20 else epochs[::max(1, len(epochs) // 10)])
+        ax.set_xticks(epochs if len(epochs) <= 20 else epochs[:: max(1, len(epochs) // 10)])
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

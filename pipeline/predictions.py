@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import csv
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -44,13 +44,18 @@ def write_predictions(path: str | Path, scores: np.ndarray, clip_ids: Sequence[s
     clip_ids = [str(c) for c in clip_ids]
     class_ids = [str(c) for c in class_ids]
     if scores.ndim != 2 or scores.shape != (len(clip_ids), len(class_ids)):
-        raise PipelineError(f"{path}: scores of shape {scores.shape} do not match {len(clip_ids)} clip ids "
-                            f"x {len(class_ids)} class ids")
+        raise PipelineError(
+            f"{path}: scores of shape {scores.shape} do not match {len(clip_ids)} clip ids x {len(class_ids)} class ids"
+        )
     with atomic_path(path) as tmp:
         if kind == "npz":
             with open(tmp, "wb") as handle:  # a file object: np.savez would append .npz to a bare name
-                np.savez(handle, scores=scores, clip_ids=np.array(clip_ids, dtype=str),
-                         class_ids=np.array(class_ids, dtype=str))
+                np.savez(
+                    handle,
+                    scores=scores,
+                    clip_ids=np.array(clip_ids, dtype=str),
+                    class_ids=np.array(class_ids, dtype=str),
+                )
         else:
             import h5py
 
@@ -71,8 +76,9 @@ def read_predictions(path: str | Path) -> tuple[np.ndarray, list[str], list[str]
             with np.load(path, allow_pickle=False) as data:
                 missing = [k for k in KEYS if k not in data.files]
                 if missing:
-                    raise PipelineError(f"{path}: not a predictions file: missing {', '.join(missing)} "
-                                        f"(needs {', '.join(KEYS)})")
+                    raise PipelineError(
+                        f"{path}: not a predictions file: missing {', '.join(missing)} (needs {', '.join(KEYS)})"
+                    )
                 scores, clips, classes = data["scores"], data["clip_ids"], data["class_ids"]
                 clip_ids, class_ids = [str(c) for c in clips], [str(c) for c in classes]
         else:
@@ -81,19 +87,23 @@ def read_predictions(path: str | Path) -> tuple[np.ndarray, list[str], list[str]
             with h5py.File(path, "r") as handle:
                 missing = [k for k in KEYS if k not in handle]
                 if missing:
-                    raise PipelineError(f"{path}: not a predictions file: missing {', '.join(missing)} "
-                                        f"(needs {', '.join(KEYS)})")
+                    raise PipelineError(
+                        f"{path}: not a predictions file: missing {', '.join(missing)} (needs {', '.join(KEYS)})"
+                    )
                 scores = handle["scores"][()]
                 clip_ids = [str(c) for c in handle["clip_ids"].asstr()[()]]
                 class_ids = [str(c) for c in handle["class_ids"].asstr()[()]]
     except PipelineError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise PipelineError(f"{path}: cannot read as a {kind} predictions file ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        raise PipelineError(
+            f"{path}: cannot read as a {kind} predictions file ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
     if scores.ndim != 2 or scores.shape != (len(clip_ids), len(class_ids)):
-        raise PipelineError(f"{path}: scores of shape {scores.shape} do not match {len(clip_ids)} clip ids "
-                            f"x {len(class_ids)} class ids")
+        raise PipelineError(
+            f"{path}: scores of shape {scores.shape} do not match {len(clip_ids)} clip ids x {len(class_ids)} class ids"
+        )
     if scores.dtype.kind != "f":
         raise PipelineError(f"{path}: scores must be floating point, found {scores.dtype}")
     return scores, clip_ids, class_ids
@@ -106,8 +116,10 @@ def check_finite(scores: np.ndarray, source: str, name_row=lambda row: f"row {ro
         return
     row = int(np.flatnonzero(~finite.all(axis=1))[0])
     col = int(np.flatnonzero(~finite[row])[0])
-    raise PipelineError(f"{source}: {name_row(row)} holds a non-finite score ({scores[row, col]}) in column {col + 1}; "
-                        f"scores must be finite")
+    raise PipelineError(
+        f"{source}: {name_row(row)} holds a non-finite score ({scores[row, col]}) in column {col + 1}; "
+        f"scores must be finite"
+    )
 
 
 def _read_csv_matrix(path: Path, n_rows: int, n_cols: int) -> np.ndarray:
@@ -126,18 +138,24 @@ def _read_csv_matrix(path: Path, n_rows: int, n_cols: int) -> np.ndarray:
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue
                 if len(row) != n_cols:
-                    raise PipelineError(f"{path} line {line}: {len(row)} values, expected {n_cols} "
-                                        f"(one per class of the class list, no header)")
+                    raise PipelineError(
+                        f"{path} line {line}: {len(row)} values, expected {n_cols} "
+                        f"(one per class of the class list, no header)"
+                    )
                 for col, text in enumerate(row, start=1):
                     try:
                         float(text)
                     except ValueError:
-                        raise PipelineError(f"{path} line {line}, column {col}: '{text[:40]}' is not a number "
-                                            f"(a scores CSV has no header)") from None
+                        raise PipelineError(
+                            f"{path} line {line}, column {col}: '{text[:40]}' is not a number "
+                            f"(a scores CSV has no header)"
+                        ) from None
         raise PipelineError(f"{path}: cannot read as a CSV matrix of {n_cols} columns")
     if matrix.shape[0] != n_rows:
-        raise PipelineError(f"{path}: {matrix.shape[0]} rows, but the manifest has {n_rows} clips "
-                            f"(a scores CSV holds one row per manifest clip, in manifest order)")
+        raise PipelineError(
+            f"{path}: {matrix.shape[0]} rows, but the manifest has {n_rows} clips "
+            f"(a scores CSV holds one row per manifest clip, in manifest order)"
+        )
     check_finite(matrix, str(path), lambda row: f"line {row + 1}")
     return matrix
 
@@ -159,8 +177,10 @@ def load_scores_for(path: str | Path, entries: Sequence, classes) -> np.ndarray:
             raise PipelineError(f"{path}: {len(class_ids)} classes, but the class list has {len(mids)}")
         first = next(i for i, (a, b) in enumerate(zip(class_ids, mids)) if a != b)
         order = "the same classes in another order" if sorted(class_ids) == sorted(mids) else "different classes"
-        raise PipelineError(f"{path}: class ids differ from the class list ({order}): column {first + 1} is "
-                            f"'{class_ids[first]}', the class list has '{mids[first]}'")
+        raise PipelineError(
+            f"{path}: class ids differ from the class list ({order}): column {first + 1} is "
+            f"'{class_ids[first]}', the class list has '{mids[first]}'"
+        )
     row_of = {}
     for i, clip in enumerate(clip_ids):
         if row_of.setdefault(clip, i) != i:
@@ -170,8 +190,10 @@ def load_scores_for(path: str | Path, entries: Sequence, classes) -> np.ndarray:
         row = row_of.get(entry.clip_id)
         if row is None:
             missing = sum(e.clip_id not in row_of for e in entries)
-            raise PipelineError(f"{path}: no scores for clip {entry.clip_id} ({missing} of the manifest's "
-                                f"{len(entries)} clips are missing)")
+            raise PipelineError(
+                f"{path}: no scores for clip {entry.clip_id} ({missing} of the manifest's "
+                f"{len(entries)} clips are missing)"
+            )
         rows.append(row)
     rows = np.asarray(rows, dtype=np.int64)
     ordered = scores if np.array_equal(rows, np.arange(len(clip_ids))) else scores[rows]

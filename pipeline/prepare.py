@@ -26,8 +26,16 @@ def relative_to_root(path: Path, root: Path) -> str:
     return Path(os.path.relpath(path.absolute(), root.absolute())).as_posix()
 
 
-def prepare_split(listing: Listing, *, dataset: str, audio_dir: str | Path, root: str | Path,
-                  on_bad: str, shard: tuple[int, int] = (0, 1), progress: bool = True) -> tuple[list[Entry], StageReport]:
+def prepare_split(
+    listing: Listing,
+    *,
+    dataset: str,
+    audio_dir: str | Path,
+    root: str | Path,
+    on_bad: str,
+    shard: tuple[int, int] = (0, 1),
+    progress: bool = True,
+) -> tuple[list[Entry], StageReport]:
     """Write the clips of this shard of `listing`; returns the manifest entries and the report."""
     audio_dir, root = Path(audio_dir), Path(root)
     audio_dir.mkdir(parents=True, exist_ok=True)
@@ -37,16 +45,18 @@ def prepare_split(listing: Listing, *, dataset: str, audio_dir: str | Path, root
     report = StageReport(listing.split, dataset, f"{shard[0]}/{shard[1]}", requested=len(entries))
     manifest = []
     if listing.prefetch is not None:  # let the dataset fetch what is still missing ahead of the loop
-        listing.prefetch([e for e in entries
-                          if isinstance(e, Item) and not is_valid_clip(audio_dir / f"{e.clip_id}.flac")])
+        listing.prefetch(
+            [e for e in entries if isinstance(e, Item) and not is_valid_clip(audio_dir / f"{e.clip_id}.flac")]
+        )
 
     def skip(clip_id, source, reason, detail):
         if on_bad == "fail":
             raise PipelineError(f"{detail} [{reason}] (fix or remove it, or set data.on_bad=skip to record and skip)")
         report.add_skip(clip_id, source, reason, detail)
 
-    bar = tqdm(entries, desc=f"prepare {listing.split} {report.shard}", unit="clip", disable=not progress,
-               mininterval=1.0)
+    bar = tqdm(
+        entries, desc=f"prepare {listing.split} {report.shard}", unit="clip", disable=not progress, mininterval=1.0
+    )
     for entry in bar:
         if isinstance(entry, Rejected):
             skip(entry.clip_id, entry.source, entry.reason, entry.detail)
@@ -71,8 +81,9 @@ def prepare_split(listing: Listing, *, dataset: str, audio_dir: str | Path, root
     return manifest, report.check()
 
 
-def write_outputs(manifest: list[Entry], report: StageReport, manifest_path: str | Path,
-                  report_path: str | Path) -> None:
+def write_outputs(
+    manifest: list[Entry], report: StageReport, manifest_path: str | Path, report_path: str | Path
+) -> None:
     write_manifest(manifest_path, manifest)
     report.write(report_path)
 
@@ -83,7 +94,9 @@ def merge_shards(manifest_path: str | Path, report_path: str | Path, count: int)
     for index in range(count):
         shard_manifest, shard_report = shard_path(manifest_path, index), shard_path(report_path, index)
         if not shard_manifest.is_file() or not shard_report.is_file():
-            raise PipelineError(f"{shard_manifest}: shard {index}/{count} is missing; run prepare --shard {index}/{count} first")
+            raise PipelineError(
+                f"{shard_manifest}: shard {index}/{count} is missing; run prepare --shard {index}/{count} first"
+            )
         manifest += read_manifest(shard_manifest)
         reports.append(StageReport.read(shard_report))
     return manifest, StageReport.merged(reports)

@@ -28,7 +28,7 @@ class StageReport:
         self.skipped_by_reason[reason] = self.skipped_by_reason.get(reason, 0) + 1
         self.skips.append({"clip_id": clip_id, "source": source, "reason": reason, "detail": detail})
 
-    def check(self) -> "StageReport":
+    def check(self) -> StageReport:
         if self.requested != self.written + self.skipped:  # the contract every report keeps
             raise AssertionError(f"report does not reconcile: {asdict(self)}")
         self.available = round(self.written / self.requested, 6) if self.requested else 1.0
@@ -38,11 +38,11 @@ class StageReport:
         atomic_write_json(path, asdict(self.check()))
 
     @classmethod
-    def read(cls, path: str | Path) -> "StageReport":
+    def read(cls, path: str | Path) -> StageReport:
         return cls(**json.loads(Path(path).read_text()))
 
     @classmethod
-    def merged(cls, parts: list["StageReport"]) -> "StageReport":
+    def merged(cls, parts: list[StageReport]) -> StageReport:
         """The report of a whole split from its shards' reports, in shard order."""
         total = cls(parts[0].split, parts[0].dataset, f"merged {len(parts)}")
         for part in parts:

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,9 @@ CHUNK_ROWS = 8192  # rows of the label matrix converted to float64 at once (8192
 # Label matrix and weights
 
 
-def label_matrix(entries: Sequence, classes, source: str = "manifest", classes_source: str = "the class list") -> np.ndarray:
+def label_matrix(
+    entries: Sequence, classes, source: str = "manifest", classes_source: str = "the class list"
+) -> np.ndarray:
     """`[N, C]` uint8 multi-hot matrix of manifest entries (`.clip_id`, `.labels` as class MIDs).
 
     `classes` is a `ClassList` (or any sequence of MIDs). A label not in it is a one-line
@@ -52,8 +54,10 @@ def label_matrix(entries: Sequence, classes, source: str = "manifest", classes_s
         for label in entry.labels:
             col = index.get(label)
             if col is None:
-                raise PipelineError(f"{source} line {i + 2} (clip {entry.clip_id}): label '{label}' is not in "
-                                    f"{classes_source} ({len(mids)} classes); labels must be class MIDs of that list")
+                raise PipelineError(
+                    f"{source} line {i + 2} (clip {entry.clip_id}): label '{label}' is not in "
+                    f"{classes_source} ({len(mids)} classes); labels must be class MIDs of that list"
+                )
             rows.append(i)
             cols.append(col)
     matrix = np.zeros((len(entries), len(mids)), dtype=np.uint8)
@@ -97,11 +101,11 @@ def sample_weights(labels: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> np.ndarr
     n = labels.shape[0]
     counts = np.zeros(labels.shape[1], dtype=np.int64)
     for start in range(0, n, chunk_rows):
-        counts += (labels[start:start + chunk_rows] != 0).sum(axis=0, dtype=np.int64)
+        counts += (labels[start : start + chunk_rows] != 0).sum(axis=0, dtype=np.int64)
     per_class = class_weights(counts)
     out = np.empty(n, dtype=np.float64)
     for start in range(0, n, chunk_rows):
-        out[start:start + chunk_rows] = (labels[start:start + chunk_rows] != 0).astype(np.float64) @ per_class
+        out[start : start + chunk_rows] = (labels[start : start + chunk_rows] != 0).astype(np.float64) @ per_class
     return out
 
 
@@ -153,10 +157,14 @@ def read_weights(path: str | Path, manifest_entries: Sequence | None = None) -> 
         if clip_ids != expected:
             for i, (got, want) in enumerate(zip(clip_ids, expected)):
                 if got != want:
-                    raise PipelineError(f"{path} line {i + 2}: clip '{got}' where the manifest has '{want}'; "
-                                        f"the weights are stale, rerun the weights stage")
-            raise PipelineError(f"{path}: {len(clip_ids)} clips but the manifest has {len(expected)}; "
-                                f"the weights are stale, rerun the weights stage")
+                    raise PipelineError(
+                        f"{path} line {i + 2}: clip '{got}' where the manifest has '{want}'; "
+                        f"the weights are stale, rerun the weights stage"
+                    )
+            raise PipelineError(
+                f"{path}: {len(clip_ids)} clips but the manifest has {len(expected)}; "
+                f"the weights are stale, rerun the weights stage"
+            )
     return weights
 
 
@@ -219,7 +227,7 @@ class _DistributedSampler(Sampler[int]):
         return indices
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.global_indices()[self.rank::self.world_size].tolist())
+        return iter(self.global_indices()[self.rank :: self.world_size].tolist())
 
     def state_dict(self) -> dict:
         return {"kind": self.kind, "seed": self.seed, "epoch": self.epoch, "num_samples": self.num_samples}
@@ -264,8 +272,9 @@ class ShuffleSampler(_DistributedSampler):
         return torch.randperm(self.n, generator=self._generator())
 
 
-def make_sampler(params, weights, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 num_samples: int | None = None) -> _DistributedSampler:
+def make_sampler(
+    params, weights, rank: int = 0, world_size: int = 1, seed: int = 0, num_samples: int | None = None
+) -> _DistributedSampler:
     """`BalancedSampler` over `weights` if `params.sampling.balanced`, else `ShuffleSampler` over
     `len(weights)` clips (`weights` may then be just the clip count)."""
     if params.sampling.balanced:

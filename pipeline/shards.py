@@ -31,10 +31,20 @@ def parse_shard(text: str) -> tuple[int, int | None]:
 
 def add_shard_arguments(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--shard", type=parse_shard, metavar="I[/N]",
-                      help="process only shard I of N (0 <= I < N; N defaults to the length of data.shards)")
-    mode.add_argument("--merge", type=int, nargs="?", const=0, metavar="N",
-                      help="merge the outputs of N shards (default: the length of data.shards) instead of processing")
+    mode.add_argument(
+        "--shard",
+        type=parse_shard,
+        metavar="I[/N]",
+        help="process only shard I of N (0 <= I < N; N defaults to the length of data.shards)",
+    )
+    mode.add_argument(
+        "--merge",
+        type=int,
+        nargs="?",
+        const=0,
+        metavar="N",
+        help="merge the outputs of N shards (default: the length of data.shards) instead of processing",
+    )
 
 
 def resolve_shard(shard: tuple[int, int | None] | None, shards: list[int]) -> tuple[int, int] | None:

@@ -103,25 +103,38 @@ def load_tagger(checkpoint: str | Path, device: str | torch.device = "auto") -> 
     payload = load_checkpoint(checkpoint)
     missing = [key for key in REQUIRED_KEYS if key not in payload]
     if missing:
-        raise PipelineError(f"{checkpoint}: the checkpoint lacks {', '.join(missing)}, which tagging needs; "
-                            "retrain or re-average it with this version of the pipeline")
+        raise PipelineError(
+            f"{checkpoint}: the checkpoint lacks {', '.join(missing)}, which tagging needs; "
+            "retrain or re-average it with this version of the pipeline"
+        )
     if len(payload["class_names"]) != len(payload["class_ids"]):
-        raise PipelineError(f"{checkpoint}: {len(payload['class_names'])} class names for "
-                            f"{len(payload['class_ids'])} class ids; the checkpoint is damaged")
+        raise PipelineError(
+            f"{checkpoint}: {len(payload['class_names'])} class names for "
+            f"{len(payload['class_ids'])} class ids; the checkpoint is damaged"
+        )
     device = device if isinstance(device, torch.device) else resolve_device(device)
     if device.type == "cpu":
         tune_host_allocator()  # batch-sized temporaries would otherwise page-fault on every batch
     model = model_from_checkpoint(payload).to(device).eval()
-    return Tagger(model, tuple(payload["class_ids"]), tuple(payload["class_names"]), dict(payload["fbank_options"]),
-                  int(payload["target_length"]), Normaliser(**payload["norm"]), device, str(checkpoint))
+    return Tagger(
+        model,
+        tuple(payload["class_ids"]),
+        tuple(payload["class_names"]),
+        dict(payload["fbank_options"]),
+        int(payload["target_length"]),
+        Normaliser(**payload["norm"]),
+        device,
+        str(checkpoint),
+    )
 
 
 def check_windows(window: float, hop: float) -> None:
     if not window > 0:
         raise PipelineError(f"window {window} s: must be positive")
     if not 0 < hop <= window:
-        raise PipelineError(f"hop {hop} s: must be positive and at most the window ({window} s), "
-                            "or the timeline would have gaps")
+        raise PipelineError(
+            f"hop {hop} s: must be positive and at most the window ({window} s), or the timeline would have gaps"
+        )
 
 
 def plan_windows(n_samples: int, window_samples: int, hop_samples: int) -> np.ndarray:
@@ -138,8 +151,9 @@ def input_length(tagger: Tagger, window_samples: int) -> int:
     return max(tagger.target_length, tagger.frames(window_samples))
 
 
-def stream_windows(chunks: Iterable[np.ndarray], window_samples: int, hop_samples: int,
-                   frame_samples: int) -> Iterator[tuple[int, int, np.ndarray]]:
+def stream_windows(
+    chunks: Iterable[np.ndarray], window_samples: int, hop_samples: int, frame_samples: int
+) -> Iterator[tuple[int, int, np.ndarray]]:
     """`(start, end, audio)` of each window of `plan_windows` over a wave that arrives in chunks, as
     soon as the chunks cover it; only a window and a chunk are held. `audio` is the window's samples,
     or for a last window shorter than one analysis frame (a hop within a frame of the window) the
@@ -150,24 +164,30 @@ def stream_windows(chunks: Iterable[np.ndarray], window_samples: int, hop_sample
         total += len(chunk)
         while index * hop_samples + window_samples <= total:
             start = index * hop_samples
-            yield start, start + window_samples, held[start - base:start + window_samples - base]
+            yield start, start + window_samples, held[start - base : start + window_samples - base]
             index += 1
         keep = max(0, index * hop_samples - frame_samples)
-        held, base = held[keep - base:], keep
+        held, base = held[keep - base :], keep
     for start, end in plan_windows(total, window_samples, hop_samples)[index:].tolist():
         first = max(0, end - frame_samples) if end - start < frame_samples else start
-        yield start, end, held[first - base:end - base]
+        yield start, end, held[first - base : end - base]
 
 
 def window_fbanks(tagger: Tagger, windows: list[np.ndarray], length: int) -> np.ndarray:
     """`[n, length, mel bins]` float16: each window's fbank as the features stage computes and stores it."""
-    return np.stack([fbank_from_options(audio, tagger.fbank_options, length)[0].astype(np.float16)
-                     for audio in windows])
+    return np.stack(
+        [fbank_from_options(audio, tagger.fbank_options, length)[0].astype(np.float16) for audio in windows]
+    )
 
 
 @torch.inference_mode()
-def score_windows(tagger: Tagger, windows: Iterable[tuple[int, int, np.ndarray]], length: int,
-                  batch_size: int = 16, bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray]:
+def score_windows(
+    tagger: Tagger,
+    windows: Iterable[tuple[int, int, np.ndarray]],
+    length: int,
+    batch_size: int = 16,
+    bar: tqdm | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """`([n, 2] sample bounds, [n, classes] float32 scores)` of the windows, `batch_size` per forward pass."""
     bounds, scores, batch = [], [], []
 
@@ -224,18 +244,40 @@ class TagResult:
     def as_dict(self, top_k: int = 0, timeline: bool = False) -> dict:
         """The JSON form: the top classes with max and mean, and each window's top classes with `timeline`."""
         peak, mean = self.max, self.mean
-        record = {"file": self.source, "duration": round(self.duration, 6), "sample_rate": self.sample_rate,
-                  "channels": self.channels, "windows": len(self.starts),
-                  "classes": [{"rank": rank, "mid": self.class_ids[c], "display_name": self.class_names[c],
-                               "max": _score(peak[c]), "mean": _score(mean[c])}
-                              for rank, c in enumerate(self.ranking(top_k), 1)]}
+        record = {
+            "file": self.source,
+            "duration": round(self.duration, 6),
+            "sample_rate": self.sample_rate,
+            "channels": self.channels,
+            "windows": len(self.starts),
+            "classes": [
+                {
+                    "rank": rank,
+                    "mid": self.class_ids[c],
+                    "display_name": self.class_names[c],
+                    "max": _score(peak[c]),
+                    "mean": _score(mean[c]),
+                }
+                for rank, c in enumerate(self.ranking(top_k), 1)
+            ],
+        }
         if timeline:
             record["timeline"] = [
-                {"start": round(float(self.starts[w]), 6), "end": round(float(self.ends[w]), 6),
-                 "classes": [{"rank": rank, "mid": self.class_ids[c], "display_name": self.class_names[c],
-                              "score": _score(self.scores[w, c])}
-                             for rank, c in enumerate(self.window_ranking(w, top_k), 1)]}
-                for w in range(len(self.starts))]
+                {
+                    "start": round(float(self.starts[w]), 6),
+                    "end": round(float(self.ends[w]), 6),
+                    "classes": [
+                        {
+                            "rank": rank,
+                            "mid": self.class_ids[c],
+                            "display_name": self.class_names[c],
+                            "score": _score(self.scores[w, c]),
+                        }
+                        for rank, c in enumerate(self.window_ranking(w, top_k), 1)
+                    ],
+                }
+                for w in range(len(self.starts))
+            ]
         return record
 
 
@@ -243,12 +285,30 @@ def _score(value) -> float:
     return round(float(value), 6)
 
 
-def tag_wave(tagger: Tagger, wave: np.ndarray, rate: int, *, window: float = 10.0, hop: float = 5.0,
-             batch_size: int = 16, progress: bool = False, source: str = "<wave>") -> TagResult:
+def tag_wave(
+    tagger: Tagger,
+    wave: np.ndarray,
+    rate: int,
+    *,
+    window: float = 10.0,
+    hop: float = 5.0,
+    batch_size: int = 16,
+    progress: bool = False,
+    source: str = "<wave>",
+) -> TagResult:
     """Tag a decoded waveform (`[samples]` or `[channels, samples]`, any rate)."""
     wave = wave if wave.ndim == 2 else wave[None]
-    return tag_mono(tagger, downmix(wave), rate, wave.shape[0], window=window, hop=hop, batch_size=batch_size,
-                    progress=progress, source=source)
+    return tag_mono(
+        tagger,
+        downmix(wave),
+        rate,
+        wave.shape[0],
+        window=window,
+        hop=hop,
+        batch_size=batch_size,
+        progress=progress,
+        source=source,
+    )
 
 
 def tag_file(tagger: Tagger, path: str | Path, **options) -> TagResult:
@@ -257,8 +317,9 @@ def tag_file(tagger: Tagger, path: str | Path, **options) -> TagResult:
     decoded, resampled and windowed a block at a time (`pipeline.audio.open_mono`), so memory does not
     grow with its length."""
     stream = open_mono(path)
-    return tag_blocks(tagger, stream.blocks, stream.rate, stream.channels, frames=stream.frames,
-                      source=str(path), **options)
+    return tag_blocks(
+        tagger, stream.blocks, stream.rate, stream.channels, frames=stream.frames, source=str(path), **options
+    )
 
 
 def tag_mono(tagger: Tagger, mono: np.ndarray, rate: int, channels: int = 1, **options) -> TagResult:
@@ -266,17 +327,28 @@ def tag_mono(tagger: Tagger, mono: np.ndarray, rate: int, channels: int = 1, **o
     return tag_blocks(tagger, [mono], rate, channels, frames=len(mono), **options)
 
 
-def tag_blocks(tagger: Tagger, blocks: Iterable[np.ndarray], rate: int, channels: int = 1, *,
-               frames: int | None = None, window: float = 10.0, hop: float = 5.0, batch_size: int = 16,
-               progress: bool = False, source: str = "<wave>") -> TagResult:
+def tag_blocks(
+    tagger: Tagger,
+    blocks: Iterable[np.ndarray],
+    rate: int,
+    channels: int = 1,
+    *,
+    frames: int | None = None,
+    window: float = 10.0,
+    hop: float = 5.0,
+    batch_size: int = 16,
+    progress: bool = False,
+    source: str = "<wave>",
+) -> TagResult:
     """Tag a float32 mono wave at `rate` that arrives in consecutive blocks; `frames`, its length if
     known, only sizes the progress bar."""
     check_windows(window, hop)
     sr = tagger.sample_rate
     window_samples, hop_samples = int(round(window * sr)), int(round(hop * sr))
     if window_samples < tagger.frame_samples or hop_samples < 1:
-        raise PipelineError(f"window {window} s: shorter than one {tagger.fbank_options['frame_length']} ms "
-                            "analysis frame")
+        raise PipelineError(
+            f"window {window} s: shorter than one {tagger.fbank_options['frame_length']} ms analysis frame"
+        )
     decoded = 0
 
     def checked(blocks):
@@ -288,20 +360,29 @@ def tag_blocks(tagger: Tagger, blocks: Iterable[np.ndarray], rate: int, channels
             yield block
         check_length(decoded, rate, source)  # at least 25 ms: at least one frame at the checkpoint's rate
 
-    windows = stream_windows(resample_blocks(checked(blocks), rate, sr), window_samples, hop_samples,
-                             tagger.frame_samples)
+    windows = stream_windows(
+        resample_blocks(checked(blocks), rate, sr), window_samples, hop_samples, tagger.frame_samples
+    )
     expected = len(plan_windows(-(-frames * sr // rate), window_samples, hop_samples)) if frames else None
     # delay: a bar only for files that take a while; disable=None: only on a terminal
-    with tqdm(total=expected, desc=Path(source).name, unit="window", disable=None if progress else True,
-              delay=1.0, mininterval=0.5, leave=False) as bar:
+    with tqdm(
+        total=expected,
+        desc=Path(source).name,
+        unit="window",
+        disable=None if progress else True,
+        delay=1.0,
+        mininterval=0.5,
+        leave=False,
+    ) as bar:
         bounds, scores = score_windows(tagger, windows, input_length(tagger, window_samples), batch_size, bar)
     duration = decoded / rate
     starts = bounds[:, 0] / sr
     # the file's own duration ends the timeline (resampling may round the length up by a fraction of a sample)
     ends = np.minimum(starts + window_samples / sr, duration)
     ends[-1] = duration
-    return TagResult(source, duration, rate, channels, window, hop, starts, ends, scores, tagger.class_ids,
-                     tagger.class_names)
+    return TagResult(
+        source, duration, rate, channels, window, hop, starts, ends, scores, tagger.class_ids, tagger.class_names
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,18 +396,23 @@ def format_table(result: TagResult, top_k: int = 10, timeline: bool = False) -> 
     name_width = max([5, *(len(result.class_names[c]) for c in ranked)])
     mid_width = max([3, *(len(result.class_ids[c]) for c in ranked)])
     windows = len(result.starts)
-    lines = [f"{result.source}: {result.duration:.2f} s, {result.sample_rate} Hz, {result.channels} channel"
-             f"{'s' if result.channels != 1 else ''}; {windows} window{'s' if windows != 1 else ''} of "
-             f"{result.window:g} s every {result.hop:g} s; ranked by max over windows",
-             f"{'rank':>4}  {'class':<{name_width}}  {'mid':<{mid_width}}  {'max':>6}  {'mean':>6}"]
+    lines = [
+        f"{result.source}: {result.duration:.2f} s, {result.sample_rate} Hz, {result.channels} channel"
+        f"{'s' if result.channels != 1 else ''}; {windows} window{'s' if windows != 1 else ''} of "
+        f"{result.window:g} s every {result.hop:g} s; ranked by max over windows",
+        f"{'rank':>4}  {'class':<{name_width}}  {'mid':<{mid_width}}  {'max':>6}  {'mean':>6}",
+    ]
     for rank, c in enumerate(ranked, 1):
-        lines.append(f"{rank:>4}  {result.class_names[c]:<{name_width}}  {result.class_ids[c]:<{mid_width}}  "
-                     f"{peak[c]:>6.3f}  {mean[c]:>6.3f}")
+        lines.append(
+            f"{rank:>4}  {result.class_names[c]:<{name_width}}  {result.class_ids[c]:<{mid_width}}  "
+            f"{peak[c]:>6.3f}  {mean[c]:>6.3f}"
+        )
     if timeline:
         lines.append("timeline (start - end s: top classes by score):")
         for w in range(windows):
-            tags = " | ".join(f"{result.class_names[c]} {result.scores[w, c]:.3f}"
-                              for c in result.window_ranking(w, top_k))
+            tags = " | ".join(
+                f"{result.class_names[c]} {result.scores[w, c]:.3f}" for c in result.window_ranking(w, top_k)
+            )
             lines.append(f"  {result.starts[w]:9.2f} - {result.ends[w]:9.2f}  {tags}")
     return "\n".join(lines)
 
@@ -339,15 +425,24 @@ def csv_rows(result: TagResult, top_k: int = 10, timeline: bool = False) -> list
     """Rows of `csv_header(timeline)`: the file's ranked classes; with `timeline`, then each window's
     ranked classes with start and end filled (a window's max and mean are both its score)."""
     peak, mean = result.max, result.mean
-    rows = [[result.source, rank, result.class_ids[c], result.class_names[c], _score(peak[c]), _score(mean[c]),
-             *(["", ""] if timeline else [])] for rank, c in enumerate(result.ranking(top_k), 1)]
+    rows = [
+        [
+            result.source,
+            rank,
+            result.class_ids[c],
+            result.class_names[c],
+            _score(peak[c]),
+            _score(mean[c]),
+            *(["", ""] if timeline else []),
+        ]
+        for rank, c in enumerate(result.ranking(top_k), 1)
+    ]
     if timeline:
         for w in range(len(result.starts)):
             start, end = round(float(result.starts[w]), 6), round(float(result.ends[w]), 6)
             for rank, c in enumerate(result.window_ranking(w, top_k), 1):
                 score = _score(result.scores[w, c])
-                rows.append([result.source, rank, result.class_ids[c], result.class_names[c], score, score,
-                             start, end])
+                rows.append([result.source, rank, result.class_ids[c], result.class_names[c], score, score, start, end])
     return rows
 
 

@@ -15,8 +15,9 @@ import logging
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 from pipeline.config import Params
@@ -39,8 +40,9 @@ def _sqlite_path(uri: str) -> Path | None:
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -118,7 +120,7 @@ class Run:
 
         items = [Param(k, str(v)) for k, v in values.items()]
         for start in range(0, len(items), 100):  # MLflow's per-batch limit
-            self._store.call(self._store.client.log_batch, self.run_id, params=items[start:start + 100])
+            self._store.call(self._store.client.log_batch, self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -126,13 +128,12 @@ class Run:
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in values.items()]
         for start in range(0, len(items), 1000):
-            self._store.call(self._store.client.log_batch, self.run_id, metrics=items[start:start + 1000])
+            self._store.call(self._store.client.log_batch, self.run_id, metrics=items[start : start + 1000])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self._store.call(self._store.client.log_batch, self.run_id,
-                         tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._store.call(self._store.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._store.call(self._store.client.log_artifact, self.run_id, str(path), artifact_path)
@@ -140,8 +141,13 @@ class Run:
     def search_siblings(self, filter_string: str, max_results: int = 20) -> list:
         """Runs of this run's experiment matching an MLflow filter, newest first."""
         experiment = self._store.call(self._store.client.get_run, self.run_id).info.experiment_id
-        return self._store.call(self._store.client.search_runs, [experiment], filter_string=filter_string,
-                                order_by=["attributes.start_time DESC"], max_results=max_results)
+        return self._store.call(
+            self._store.client.search_runs,
+            [experiment],
+            filter_string=filter_string,
+            order_by=["attributes.start_time DESC"],
+            max_results=max_results,
+        )
 
 
 class NullRun(Run):
@@ -150,16 +156,24 @@ class NullRun(Run):
     def __init__(self):
         self.run_id = None
 
-    def log_params(self, values): pass
-    def log_metrics(self, values, step=None): pass
-    def set_tags(self, tags): pass
-    def log_artifact(self, path, artifact_path=None): pass
-    def search_siblings(self, filter_string, max_results=20): return []
+    def log_params(self, values):
+        pass
+
+    def log_metrics(self, values, step=None):
+        pass
+
+    def set_tags(self, tags):
+        pass
+
+    def log_artifact(self, path, artifact_path=None):
+        pass
+
+    def search_siblings(self, filter_string, max_results=20):
+        return []
 
 
 @contextlib.contextmanager
-def stage_run(params: Params, stage: str, tags: dict[str, Any] | None = None,
-              name: str | None = None) -> Iterator[Run]:
+def stage_run(params: Params, stage: str, tags: dict[str, Any] | None = None, name: str | None = None) -> Iterator[Run]:
     """One MLflow run for one stage execution, tagged so runs can be found and compared.
 
     Tags: stage, dataset, git commit, params hash, plus the caller's (split, shard, seed, ...).
@@ -172,11 +186,17 @@ def stage_run(params: Params, stage: str, tags: dict[str, Any] | None = None,
     logging.getLogger("alembic").setLevel(logging.WARNING)
     store = _Store(tracking_uri(params))
     experiment = store.experiment_id(params.tracking.experiment)
-    all_tags = {"stage": stage, "dataset": params.data.dataset, "git_commit": git_commit(),
-                "params_hash": params.digest(), **{k: v for k, v in (tags or {}).items() if v is not None}}
+    all_tags = {
+        "stage": stage,
+        "dataset": params.data.dataset,
+        "git_commit": git_commit(),
+        "params_hash": params.digest(),
+        **{k: v for k, v in (tags or {}).items() if v is not None},
+    }
     run_name = name or "-".join([stage, *(str(v) for k, v in (tags or {}).items() if v is not None)])
-    created = store.call(store.client.create_run, experiment, run_name=run_name,
-                         tags={k: str(v) for k, v in all_tags.items()})
+    created = store.call(
+        store.client.create_run, experiment, run_name=run_name, tags={k: str(v) for k, v in all_tags.items()}
+    )
     run = Run(store, created.info.run_id)
     run.log_params(flatten(params.model_dump(mode="json")))
     status = "FAILED"

@@ -45,8 +45,19 @@ from pipeline.predictions import write_predictions
 
 CLAMP = 1e-7
 CHECKPOINT_FORMAT = "psla-checkpoint-1"
-HISTORY_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_mAP", "val_mAUC", "val_d_prime",
-                   "seconds", "clips_per_second", "data_wait")
+HISTORY_COLUMNS = (
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "val_loss",
+    "val_mAP",
+    "val_mAUC",
+    "val_d_prime",
+    "seconds",
+    "clips_per_second",
+    "data_wait",
+)
 
 
 @dataclass
@@ -92,7 +103,7 @@ def learning_rate(params: Params, epoch: int, step: int) -> float:
     cfg = params.train
     warm = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     drops = 0 if epoch <= cfg.lr_decay_start else (epoch - cfg.lr_decay_start - 1) // cfg.lr_decay_every + 1
-    return cfg.lr * warm * cfg.lr_decay ** drops
+    return cfg.lr * warm * cfg.lr_decay**drops
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -111,16 +122,20 @@ def _features_identity(path: Path, digest, with_labels: bool) -> None:
         if with_labels:  # enhanced labels change the run even when the clips do not
             labels = handle["labels"]
             for start in range(0, labels.shape[0], 1 << 16):
-                digest.update(labels[start:start + (1 << 16)].tobytes())
+                digest.update(labels[start : start + (1 << 16)].tobytes())
 
 
 def run_fingerprint(params: Params, inputs: Inputs, seed: int) -> str:
     """What checkpoints must agree on to be resumed: the params (all but the number of epochs and
     where it runs) and the identity of the data (clips, labels, weights, normalisation)."""
-    relevant = {k: v for k, v in params.model_dump(mode="json").items() if k in ("features", "sampling", "augment",
-                                                                                   "model")}
-    relevant["train"] = {k: v for k, v in params.train.model_dump(mode="json").items()
-                         if k not in ("epochs", "num_workers", "device", "devices", "seeds", "log_every")}
+    relevant = {
+        k: v for k, v in params.model_dump(mode="json").items() if k in ("features", "sampling", "augment", "model")
+    }
+    relevant["train"] = {
+        k: v
+        for k, v in params.train.model_dump(mode="json").items()
+        if k not in ("epochs", "num_workers", "device", "devices", "seeds", "log_every")
+    }
     relevant["seed"], relevant["classes"] = seed, list(inputs.classes.mids)
     relevant["norm"] = [inputs.norm.mean, inputs.norm.std]
     relevant["weights"] = sorted((inputs.weights or {}).items())
@@ -147,37 +162,54 @@ def load_checkpoint(path: str | Path) -> dict:
     except FileNotFoundError:
         raise PipelineError(f"{path}: checkpoint not found") from None
     except Exception as err:  # unpickling errors of a foreign or damaged file
-        raise PipelineError(f"{path}: not a readable checkpoint ({type(err).__name__}); expected one written "
-                            "by the train or average stage") from None
+        raise PipelineError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}); expected one written "
+            "by the train or average stage"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise PipelineError(f"{path}: not a checkpoint of this pipeline (no '{CHECKPOINT_FORMAT}' format tag)")
     return payload
 
 
 def model_from_checkpoint(payload: dict) -> torch.nn.Module:
-    model = create_model(Model.model_validate({**payload["model_config"], "pretrained": "none"}),
-                         len(payload["class_ids"]))
+    model = create_model(
+        Model.model_validate({**payload["model_config"], "pretrained": "none"}), len(payload["class_ids"])
+    )
     model.load_state_dict(payload["model"])
     return model
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, params: Params, features: Path, norm: Normaliser, device: torch.device,
-            batch_size: int | None = None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: torch.nn.Module,
+    params: Params,
+    features: Path,
+    norm: Normaliser,
+    device: torch.device,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """Scores [N, C] float32 and the labels [N, C] of a features file, in file order."""
     model.eval()
     scores, labels = [], []
     loader = eval_loader(params, FeatureDataset(features), batch_size)
     batches = device_batches(loader, params, norm, device, torch.Generator(), train=False)
-    for x, y in tqdm(batches, total=len(loader), desc=f"predict {Path(features).stem}", unit="batch",
-                     disable=not progress, mininterval=2.0):
+    for x, y in tqdm(
+        batches,
+        total=len(loader),
+        desc=f"predict {Path(features).stem}",
+        unit="batch",
+        disable=not progress,
+        mininterval=2.0,
+    ):
         scores.append(model(x).float().cpu())
         labels.append(y.cpu())
     return torch.cat(scores).numpy(), torch.cat(labels).numpy()
 
 
-def predict_file(params: Params, checkpoint: str | Path, features: str | Path, out: str | Path,
-                 progress: bool = False) -> int:
+def predict_file(
+    params: Params, checkpoint: str | Path, features: str | Path, out: str | Path, progress: bool = False
+) -> int:
     """Score a features file with a checkpoint and write a predictions file; returns the clip count."""
     payload = load_checkpoint(checkpoint)
     with h5py.File(features, "r") as handle:
@@ -195,8 +227,7 @@ def validate(model, params, features, norm, device, class_ids) -> dict:
     scores, labels = predict(model, params, features, norm, device)
     loss = bce(torch.from_numpy(scores), torch.from_numpy(labels)).item()
     metrics = evaluate(labels, scores, list(class_ids))
-    return {"val_loss": loss, "val_mAP": metrics["mAP"], "val_mAUC": metrics["mAUC"],
-            "val_d_prime": metrics["d_prime"]}
+    return {"val_loss": loss, "val_mAP": metrics["mAP"], "val_mAUC": metrics["mAUC"], "val_d_prime": metrics["d_prime"]}
 
 
 def write_history(path: Path, rows: list[dict]) -> None:
@@ -226,8 +257,9 @@ def plot_history(path: Path, rows: list[dict]) -> None:
     plt.close(fig)
 
 
-def train_step(model, optimizer, scaler, x: torch.Tensor, y: torch.Tensor, lr: float,
-               amp_dtype: torch.dtype | None = None) -> float:
+def train_step(
+    model, optimizer, scaler, x: torch.Tensor, y: torch.Tensor, lr: float, amp_dtype: torch.dtype | None = None
+) -> float:
     """One optimizer step on an augmented batch; returns the loss (NaN/inf: no update was made).
 
     With train.channels_last the model itself lays its 4-D input out to match its weights."""
@@ -254,8 +286,16 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def train(params: Params, inputs: Inputs, out_dir: str | Path, seed: int, run=None, progress: bool = True,
-          dist_info: Distributed | None = None, rank_report: Path | None = None) -> dict:
+def train(
+    params: Params,
+    inputs: Inputs,
+    out_dir: str | Path,
+    seed: int,
+    run=None,
+    progress: bool = True,
+    dist_info: Distributed | None = None,
+    rank_report: Path | None = None,
+) -> dict:
     """Train (or resume) one model into `out_dir`; returns the best epoch's validation metrics.
 
     `rank_report`: a folder where every process writes what it drew and its final weights'
@@ -277,11 +317,14 @@ def train(params: Params, inputs: Inputs, out_dir: str | Path, seed: int, run=No
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     train_set = FeatureDataset(inputs.train_features)
     if train_set.num_classes != len(inputs.classes):
-        raise PipelineError(f"{inputs.train_features}: {train_set.num_classes} label columns but the class list has "
-                            f"{len(inputs.classes)}; recompute the features with this class list")
+        raise PipelineError(
+            f"{inputs.train_features}: {train_set.num_classes} label columns but the class list has "
+            f"{len(inputs.classes)}; recompute the features with this class list"
+        )
     weights = aligned_weights(train_set, inputs.weights, "weights") if inputs.weights else None
-    loader = train_loader(params, train_set, weights, seed=seed, rank=dist_info.rank,
-                          world_size=dist_info.world_size, device=device)
+    loader = train_loader(
+        params, train_set, weights, seed=seed, rank=dist_info.rank, world_size=dist_info.world_size, device=device
+    )
     use_amp = cfg.amp != "none" and device.type == "cuda"
     amp_dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cfg.amp == "fp16")
@@ -312,12 +355,16 @@ def train(params: Params, inputs: Inputs, out_dir: str | Path, seed: int, run=No
         trained = torch.compile(trained)
     if dist_info.world_size > 1:
         trained = torch.nn.parallel.DistributedDataParallel(
-            trained, device_ids=[device.index] if device.type == "cuda" else None)
+            trained, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     config_record = {
-        "model_config": params.model.model_dump(mode="json"), "class_ids": list(inputs.classes.mids),
-        "class_names": list(inputs.classes.names), "fbank_options": fbank_options(params.features),
-        "target_length": params.features.target_length, "norm": {"mean": inputs.norm.mean, "std": inputs.norm.std},
+        "model_config": params.model.model_dump(mode="json"),
+        "class_ids": list(inputs.classes.mids),
+        "class_names": list(inputs.classes.names),
+        "fbank_options": fbank_options(params.features),
+        "target_length": params.features.target_length,
+        "norm": {"mean": inputs.norm.mean, "std": inputs.norm.std},
         "describe": describe(params.model, len(inputs.classes)),
     }
     if run is not None and dist_info.main:
@@ -332,8 +379,13 @@ def train(params: Params, inputs: Inputs, out_dir: str | Path, seed: int, run=No
         generator = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch))
         trained.train()
         started, waited, seen, loss_sum, batches = time.perf_counter(), 0.0, 0, 0.0, 0
-        bar = tqdm(total=len(loader.sampler) * dist_info.world_size, desc=f"epoch {epoch}/{cfg.epochs}",
-                   unit="clip", disable=not (progress and dist_info.main), mininterval=1.0)
+        bar = tqdm(
+            total=len(loader.sampler) * dist_info.world_size,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            unit="clip",
+            disable=not (progress and dist_info.main),
+            mininterval=1.0,
+        )
         fetched = time.perf_counter()
         drawn.extend(int(i) for i in loader.sampler)
         for x, y in device_batches(loader, params, inputs.norm, device, generator):
@@ -342,8 +394,10 @@ def train(params: Params, inputs: Inputs, out_dir: str | Path, seed: int, run=No
             lr = learning_rate(params, epoch, step)
             loss_value = train_step(trained, optimizer, scaler, x, y, lr, amp_dtype if use_amp else None)
             if not math.isfinite(loss_value):
-                raise PipelineError(f"non-finite training loss ({loss_value}) at step {step}, epoch {epoch}: "
-                                    "lower train.lr or check the features and stats")
+                raise PipelineError(
+                    f"non-finite training loss ({loss_value}) at step {step}, epoch {epoch}: "
+                    "lower train.lr or check the features and stats"
+                )
             loss_sum, batches, seen = loss_sum + loss_value, batches + 1, seen + len(x) * dist_info.world_size
             bar.update(len(x) * dist_info.world_size)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
@@ -356,18 +410,34 @@ def train(params: Params, inputs: Inputs, out_dir: str | Path, seed: int, run=No
         if dist_info.world_size > 1:
             dist.barrier()
         if dist_info.main:
-            row = {"epoch": epoch, "step": step, "lr": lr, "train_loss": loss_sum / max(batches, 1),
-                   "seconds": round(seconds, 3), "clips_per_second": seen / seconds if seconds else 0.0,
-                   "data_wait": waited / seconds if seconds else 0.0,
-                   **validate(model, params, inputs.val_features, inputs.norm, device, inputs.classes.mids)}
+            row = {
+                "epoch": epoch,
+                "step": step,
+                "lr": lr,
+                "train_loss": loss_sum / max(batches, 1),
+                "seconds": round(seconds, 3),
+                "clips_per_second": seen / seconds if seconds else 0.0,
+                "data_wait": waited / seconds if seconds else 0.0,
+                **validate(model, params, inputs.val_features, inputs.norm, device, inputs.classes.mids),
+            }
             history.append(row)
             improved = row["val_mAP"] > best["val_mAP"]
             if improved:
                 best = {**row}
-            payload = {"format": CHECKPOINT_FORMAT, **config_record, "model": model.state_dict(),
-                       "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                       "sampler": loader.sampler.state_dict(), "epoch": epoch, "step": step, "seed": seed,
-                       "history": history, "best": best, "fingerprint": fingerprint}
+            payload = {
+                "format": CHECKPOINT_FORMAT,
+                **config_record,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "sampler": loader.sampler.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "seed": seed,
+                "history": history,
+                "best": best,
+                "fingerprint": fingerprint,
+            }
             save_checkpoint(out_dir / f"epoch_{epoch:03d}.pt", payload)
             if improved:
                 save_checkpoint(out_dir / "best.pt", payload)
@@ -375,23 +445,35 @@ def train(params: Params, inputs: Inputs, out_dir: str | Path, seed: int, run=No
             write_history(out_dir / "history.csv", history)
             if run is not None:
                 run.log_metrics({k: v for k, v in row.items() if k not in ("epoch", "step")}, step=epoch)
-            print(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
-                  f"val mAP {row['val_mAP']:.4f}, {row['clips_per_second']:.0f} clips/s, "
-                  f"data wait {row['data_wait']:.0%}", flush=True)
+            print(
+                f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+                f"val mAP {row['val_mAP']:.4f}, {row['clips_per_second']:.0f} clips/s, "
+                f"data wait {row['data_wait']:.0%}",
+                flush=True,
+            )
         if dist_info.world_size > 1:
             dist.barrier()
 
     if rank_report is not None:
         rank_report.mkdir(parents=True, exist_ok=True)
-        (rank_report / f"rank{dist_info.rank}.json").write_text(json.dumps(
-            {"rank": dist_info.rank, "world_size": dist_info.world_size, "drawn": drawn,
-             "weights": weights_digest(model)}))
+        (rank_report / f"rank{dist_info.rank}.json").write_text(
+            json.dumps(
+                {
+                    "rank": dist_info.rank,
+                    "world_size": dist_info.world_size,
+                    "drawn": drawn,
+                    "weights": weights_digest(model),
+                }
+            )
+        )
     if dist_info.main:
         if not history:
             raise PipelineError(f"{out_dir}: no epoch trained (train.epochs={cfg.epochs})")
         if not (out_dir / "best.pt").is_file():  # removed by a workflow manager before a resumed run
-            save_checkpoint(out_dir / "best.pt", torch.load(out_dir / f"epoch_{best['epoch']:03d}.pt",
-                                                            map_location="cpu", weights_only=True))
+            save_checkpoint(
+                out_dir / "best.pt",
+                torch.load(out_dir / f"epoch_{best['epoch']:03d}.pt", map_location="cpu", weights_only=True),
+            )
         write_history(out_dir / "history.csv", history)
         plot_history(out_dir / "curves.png", history)
         if run is not None:

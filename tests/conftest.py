@@ -36,8 +36,9 @@ def write_encoded(path: Path, wave: np.ndarray, rate: int) -> Path:
         data = wave if wave.ndim == 2 else wave[:, None]
         with av.open(str(path), "w") as out:
             stream = out.add_stream("aac", rate=rate, layout="stereo" if data.shape[1] == 2 else "mono")
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data.T.astype(np.float32)), format="fltp",
-                                               layout=stream.layout.name)
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(data.T.astype(np.float32)), format="fltp", layout=stream.layout.name
+            )
             frame.sample_rate = rate
             for packet in stream.encode(frame):
                 out.mux(packet)
@@ -53,8 +54,9 @@ def run_module(module: str, *args: str, cwd: Path, env: dict | None = None, chec
     """Run `python -m module args` as a user would; returns the CompletedProcess."""
     inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     full_env = {**inherited, "PYTHONPATH": str(REPO), **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -102,8 +104,9 @@ def tiny_params(tmp_path, store_uri) -> Path:
 def audio_classes(tmp_path) -> Path:
     """A three-class list in AudioSet's format, one name containing a comma."""
     path = tmp_path / "classes.csv"
-    path.write_text('index,mid,display_name\n0,/m/09x0r,"Speech"\n'
-                    '1,/m/05zppz,"Male speech, man speaking"\n2,/m/04rlf,"Music"\n')
+    path.write_text(
+        'index,mid,display_name\n0,/m/09x0r,"Speech"\n1,/m/05zppz,"Male speech, man speaking"\n2,/m/04rlf,"Music"\n'
+    )
     return path
 
 
@@ -146,15 +149,27 @@ def folder_dataset(tmp_path, audio_classes, store_uri) -> dict:
     lines = ["audio,labels,split"] + [f'{a},"{l}",{s}' for a, l, s, _ in FOLDER_ROWS]
     lines.insert(5, "too,many,fields,here")  # a malformed row (line 6 of the file)
     (root / "data.csv").write_text("\n".join(lines) + "\n")
-    tree = {"data": {"dataset": "folder", "root": str(tmp_path / "data"),
-                     "folder": {"csv": str(root / "data.csv"), "classes": str(audio_classes)}},
-            "tracking": {"uri": store_uri}}
-    return {"root": root, "params": write_params(tmp_path / "params.yaml", tree), "rows": FOLDER_ROWS,
-            "data_rows": len(FOLDER_ROWS) + 1, "classes": audio_classes}
+    tree = {
+        "data": {
+            "dataset": "folder",
+            "root": str(tmp_path / "data"),
+            "folder": {"csv": str(root / "data.csv"), "classes": str(audio_classes)},
+        },
+        "tracking": {"uri": store_uri},
+    }
+    return {
+        "root": root,
+        "params": write_params(tmp_path / "params.yaml", tree),
+        "rows": FOLDER_ROWS,
+        "data_rows": len(FOLDER_ROWS) + 1,
+        "classes": audio_classes,
+    }
 
 
 def needs_shared(*paths) -> pytest.MarkDecorator:
     """Fidelity tests read ../shared: without it they skip locally, but in CI (CI set) they run and fail."""
     missing = [str(p) for p in paths if not Path(p).exists()]
-    return pytest.mark.skipif(bool(missing) and not os.environ.get("CI"),
-                              reason=f"{', '.join(missing)} not present (the shared folder beside the checkout)")
+    return pytest.mark.skipif(
+        bool(missing) and not os.environ.get("CI"),
+        reason=f"{', '.join(missing)} not present (the shared folder beside the checkout)",
+    )

@@ -25,8 +25,11 @@ STATE = Path("/run/psla-slurm-test")
 MARKER = "# Written by tests/slurm_cluster.py (PSLA test cluster): removed when the test cluster stops."
 PACKAGES = ["slurm-wlm", "munge"]
 BINARIES = ["munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "sinfo", "scontrol", "scancel"]
-PIDFILES = {"munged": STATE / "munge" / "munged.pid", "slurmctld": STATE / "slurmctld.pid",
-            "slurmd": STATE / "slurmd.pid"}
+PIDFILES = {
+    "munged": STATE / "munge" / "munged.pid",
+    "slurmctld": STATE / "slurmctld.pid",
+    "slurmd": STATE / "slurmd.pid",
+}
 LOGS = {"slurmctld": STATE / "slurmctld.log", "slurmd": STATE / "slurmd.log", "munged": STATE / "munge" / "munged.log"}
 
 
@@ -66,8 +69,10 @@ def install(timeout: float = 600) -> None:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     missing = [b for b in BINARIES if not shutil.which(b)]
     if proc.returncode != 0 or missing:
-        raise ClusterError(f"{' '.join(cmd)} failed ({proc.returncode}); missing {missing}:\n"
-                           f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        raise ClusterError(
+            f"{' '.join(cmd)} failed ({proc.returncode}); missing {missing}:\n"
+            f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        )
 
 
 def _run(cmd: list[str], timeout: float = 30, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
@@ -143,13 +148,13 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={STATE / 'munge' / 'munge.socket.2'}
-StateSaveLocation={STATE / 'slurmctld'}
-SlurmdSpoolDir={STATE / 'slurmd'}
-SlurmctldPidFile={PIDFILES['slurmctld']}
-SlurmdPidFile={PIDFILES['slurmd']}
-SlurmctldLogFile={LOGS['slurmctld']}
-SlurmdLogFile={LOGS['slurmd']}
+AuthInfo=socket={STATE / "munge" / "munge.socket.2"}
+StateSaveLocation={STATE / "slurmctld"}
+SlurmdSpoolDir={STATE / "slurmd"}
+SlurmctldPidFile={PIDFILES["slurmctld"]}
+SlurmdPidFile={PIDFILES["slurmd"]}
+SlurmctldLogFile={LOGS["slurmctld"]}
+SlurmdLogFile={LOGS["slurmd"]}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -183,9 +188,19 @@ def _start_munge() -> None:
     shutil.chown(home, "munge", "munge")
     shutil.chown(key, "munge", "munge")
     home.chmod(0o755)  # clients must reach the socket; the key itself is 0400
-    _run(["munged", f"--socket={home / 'munge.socket.2'}", f"--key-file={key}", f"--pid-file={PIDFILES['munged']}",
-          f"--log-file={LOGS['munged']}", f"--seed-file={home / 'munged.seed'}"],
-         user="munge", group="munge", extra_groups=[])
+    _run(
+        [
+            "munged",
+            f"--socket={home / 'munge.socket.2'}",
+            f"--key-file={key}",
+            f"--pid-file={PIDFILES['munged']}",
+            f"--log-file={LOGS['munged']}",
+            f"--seed-file={home / 'munged.seed'}",
+        ],
+        user="munge",
+        group="munge",
+        extra_groups=[],
+    )
     _run(["munge", "-n", f"--socket={home / 'munge.socket.2'}"])
 
 
@@ -198,8 +213,10 @@ def stop() -> None:
             if jobs:
                 _run(["scancel", *jobs], check=False, timeout=10)
                 deadline = time.monotonic() + 20
-                while time.monotonic() < deadline and _run(["squeue", "-h", "-o", "%i"], check=False,
-                                                            timeout=10).stdout.split():
+                while (
+                    time.monotonic() < deadline
+                    and _run(["squeue", "-h", "-o", "%i"], check=False, timeout=10).stdout.split()
+                ):
                     time.sleep(0.5)
             _run(["scontrol", "shutdown"], check=False, timeout=10)
         except subprocess.SubprocessError:
@@ -234,9 +251,11 @@ def start(timeout: float = 90) -> str:
         if state.startswith(("down", "drain")):
             _run(["scontrol", "update", f"nodename={node}", "state=resume"], check=False)
         time.sleep(0.5)
-    raise ClusterError(f"node {node} not idle after {timeout:.0f} s (sinfo: {state!r}; "
-                       f"slurmctld {'up' if _alive('slurmctld') else 'down'}, "
-                       f"slurmd {'up' if _alive('slurmd') else 'down'})\n{log_tails()}")
+    raise ClusterError(
+        f"node {node} not idle after {timeout:.0f} s (sinfo: {state!r}; "
+        f"slurmctld {'up' if _alive('slurmctld') else 'down'}, "
+        f"slurmd {'up' if _alive('slurmd') else 'down'})\n{log_tails()}"
+    )
 
 
 def cpus_and_memory() -> tuple[int, int]:

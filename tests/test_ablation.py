@@ -25,9 +25,12 @@ def _evaluation(wa: dict[int, float], best: dict[int, float], ensemble: float) -
 def test_each_variant_switches_off_only_its_technique_and_knows_when_it_is_already_off():
     demo = Params()
     assert {v: t.switch_off(demo) for v, t in TECHNIQUES.items()} == {
-        "no_pretraining": ["model.pretrained=none"], "no_balanced_sampling": ["sampling.balanced=false"],
-        "no_specaugment": ["augment.freqm=0", "augment.timem=0"], "no_mixup": ["augment.mixup=0.0"],
-        "no_label_enhancement": ["labels.enhance=none"]}
+        "no_pretraining": ["model.pretrained=none"],
+        "no_balanced_sampling": ["sampling.balanced=false"],
+        "no_specaugment": ["augment.freqm=0", "augment.timem=0"],
+        "no_mixup": ["augment.mixup=0.0"],
+        "no_label_enhancement": ["labels.enhance=none"],
+    }
     balanced = load_params(REPO / "presets" / "audioset_balanced.yaml")  # the paper: no balanced sampler there
     assert TECHNIQUES["no_balanced_sampling"].switch_off(balanced) == []
 
@@ -35,8 +38,10 @@ def test_each_variant_switches_off_only_its_technique_and_knows_when_it_is_alrea
 def test_rows_means_spreads_and_differences(tmp_path):
     params = Params()  # seeds [1, 2]
     overrides = {"full": [], "no_mixup": ["augment.mixup=0.0"], "no_balanced_sampling": []}
-    evaluations = {"full": _evaluation({1: 0.90, 2: 0.92}, {1: 0.88, 2: 0.90}, 0.94),
-                   "no_mixup": _evaluation({1: 0.86, 2: 0.90}, {1: 0.8, 2: 0.8}, 0.9)}
+    evaluations = {
+        "full": _evaluation({1: 0.90, 2: 0.92}, {1: 0.88, 2: 0.90}, 0.94),
+        "no_mixup": _evaluation({1: 0.86, 2: 0.90}, {1: 0.8, 2: 0.8}, 0.9),
+    }
     rows = build_rows(params, overrides, evaluations)
     by = {r.variant: r for r in rows}
     assert list(by) == ["full", "no_balanced_sampling", "no_mixup", "no_weight_averaging", "seed_ensemble"]
@@ -56,10 +61,25 @@ def test_rows_means_spreads_and_differences(tmp_path):
 
 
 def test_experiment_metrics_are_found_in_dvc_exp_show_json():
-    shown = [{"rev": "workspace", "name": None, "data": {"metrics": {}}},
-             {"rev": "abc", "name": "main", "data": {"metrics": {"metrics/eval.json": {"data": {"x": 1}}}},
-              "experiments": [{"name": "t-full", "revs": [{"name": "t-full", "data": {
-                  "metrics": {"metrics/eval.json": {"data": {"seed-1/wa": {"mAP": 0.5}}}}}}]}]}]
+    shown = [
+        {"rev": "workspace", "name": None, "data": {"metrics": {}}},
+        {
+            "rev": "abc",
+            "name": "main",
+            "data": {"metrics": {"metrics/eval.json": {"data": {"x": 1}}}},
+            "experiments": [
+                {
+                    "name": "t-full",
+                    "revs": [
+                        {
+                            "name": "t-full",
+                            "data": {"metrics": {"metrics/eval.json": {"data": {"seed-1/wa": {"mAP": 0.5}}}}},
+                        }
+                    ],
+                }
+            ],
+        },
+    ]
     found = _flatten_exp_show(shown)
     assert found["t-full"]["metrics/eval.json"] == {"seed-1/wa": {"mAP": 0.5}}
 
@@ -67,12 +87,26 @@ def test_experiment_metrics_are_found_in_dvc_exp_show_json():
 @pytest.mark.slow
 def test_two_variants_one_epoch_as_dvc_experiments(tmp_path):
     project = _project_copy(tmp_path)
-    params = load_params(REPO / "presets" / "tiny.yaml", ["train.epochs=1", "train.lr_decay_start=1",
-                                                           "aggregate.wa_start=1", "aggregate.wa_end=1",
-                                                           "train.seeds=[1, 2]", "data.shards=[0]"])
+    params = load_params(
+        REPO / "presets" / "tiny.yaml",
+        [
+            "train.epochs=1",
+            "train.lr_decay_start=1",
+            "aggregate.wa_start=1",
+            "aggregate.wa_end=1",
+            "train.seeds=[1, 2]",
+            "data.shards=[0]",
+        ],
+    )
     (project / "params.yaml").write_text(to_yaml(params))
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
 
     def run(*cmd):
         proc = subprocess.run(list(cmd), cwd=project, env=env, capture_output=True, text=True, timeout=1200)
@@ -89,7 +123,8 @@ def test_two_variants_one_epoch_as_dvc_experiments(tmp_path):
         per_seed = dict(item.split(":") for item in table[variant]["per_seed"].split())
         assert set(per_seed) == {"1", "2"} and all(0.0 <= float(v) <= 1.0 for v in per_seed.values())
     assert float(table["no_mixup"]["delta"]) == pytest.approx(
-        float(table["no_mixup"]["mAP_mean"]) - float(table["full"]["mAP_mean"]), abs=1e-4)
+        float(table["no_mixup"]["mAP_mean"]) - float(table["full"]["mAP_mean"]), abs=1e-4
+    )
     assert (project / "reports/ablation.md").read_text().startswith("| technique |")
     assert (project / "reports/ablation.png").stat().st_size > 1000
 

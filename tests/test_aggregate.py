@@ -12,8 +12,14 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline.aggregate import (average_checkpoints, batchnorm_layers, reestimate_payload_batchnorm,
-                                running_statistic_names, select_epochs, state_differences)
+from pipeline.aggregate import (
+    average_checkpoints,
+    batchnorm_layers,
+    reestimate_payload_batchnorm,
+    running_statistic_names,
+    select_epochs,
+    state_differences,
+)
 from pipeline.classes import read_classes, write_classes
 from pipeline.config import load_params
 from pipeline.datasets import class_metadata, list_split
@@ -44,18 +50,39 @@ def _build(root):
     classes, _ = class_metadata(params)
     write_classes(data / "classes.csv", classes)
     for split in ("train", "val", "eval"):
-        manifest, _ = prepare_split(list_split(params, split, classes), dataset="demo", audio_dir=data / "audio" / split,
-                                    root=data, on_bad="fail", progress=False)
+        manifest, _ = prepare_split(
+            list_split(params, split, classes),
+            dataset="demo",
+            audio_dir=data / "audio" / split,
+            root=data,
+            on_bad="fail",
+            progress=False,
+        )
         write_manifest(data / "manifests" / f"{split}.csv", manifest)
-        extract_features(manifest, split=split, data_root=data, out=data / "features" / f"{split}.h5",
-                         cfg=params.features, classes=classes, on_bad="fail", progress=False)
+        extract_features(
+            manifest,
+            split=split,
+            data_root=data,
+            out=data / "features" / f"{split}.h5",
+            cfg=params.features,
+            classes=classes,
+            on_bad="fail",
+            progress=False,
+        )
         if split == "train":
-            write_weights(data / "weights.csv", [e.clip_id for e in manifest],
-                          sample_weights(label_matrix(manifest, classes)))
-    atomic_write_json(data / "features" / "stats.json",
-                      {**normalisation_stats(data / "features" / "train.h5"), "source": "computed"})
-    inputs = Inputs(data / "features" / "train.h5", data / "features" / "val.h5", weights_by_clip(data / "weights.csv"),
-                    Normaliser.from_file(data / "features" / "stats.json"), read_classes(data / "classes.csv"))
+            write_weights(
+                data / "weights.csv", [e.clip_id for e in manifest], sample_weights(label_matrix(manifest, classes))
+            )
+    atomic_write_json(
+        data / "features" / "stats.json", {**normalisation_stats(data / "features" / "train.h5"), "source": "computed"}
+    )
+    inputs = Inputs(
+        data / "features" / "train.h5",
+        data / "features" / "val.h5",
+        weights_by_clip(data / "weights.csv"),
+        Normaliser.from_file(data / "features" / "stats.json"),
+        read_classes(data / "classes.csv"),
+    )
     for seed in SEEDS:
         run_dir = root / "models" / f"seed-{seed}"
         train(params, inputs, run_dir, seed=seed, progress=False)
@@ -125,8 +152,13 @@ def test_average_of_two_is_their_mean_tensor_by_tensor(trained):
 def test_the_averaged_checkpoint_loads_and_predicts(trained):
     payload = load_checkpoint(trained / "models" / "wa" / "seed-1.pt")
     model = model_from_checkpoint(payload)
-    scores, labels = predict(model, tiny_params(trained / "data"), trained / "data" / "features" / "eval.h5",
-                             Normaliser(**payload["norm"]), torch.device("cpu"))
+    scores, labels = predict(
+        model,
+        tiny_params(trained / "data"),
+        trained / "data" / "features" / "eval.h5",
+        Normaliser(**payload["norm"]),
+        torch.device("cpu"),
+    )
     assert scores.shape == labels.shape == (8, 17) and ((scores > 0) & (scores < 1)).all()
 
 
@@ -185,8 +217,21 @@ def test_average_stage_with_batchnorm_reestimation(trained, tmp_path, store_uri,
     data = trained / "data"
     common = ["--params", str(TINY), "--set", f"data.root={data}", "--set", f"tracking.uri={store_uri}"]
     out = tmp_path / "wa" / "seed-2.pt"
-    main([*common, "--set", "aggregate.bn_batches=2", "--run", str(_run(trained, 2)), "--out", str(out),
-          "--train-features", str(data / "features" / "train.h5"), "--weights", str(data / "weights.csv")])
+    main(
+        [
+            *common,
+            "--set",
+            "aggregate.bn_batches=2",
+            "--run",
+            str(_run(trained, 2)),
+            "--out",
+            str(out),
+            "--train-features",
+            str(data / "features" / "train.h5"),
+            "--weights",
+            str(data / "weights.csv"),
+        ]
+    )
     printed = capsys.readouterr().out
     assert "seed 2: averaged epochs 1..2 (2 checkpoints), BatchNorm statistics re-estimated on 2" in printed
     payload = load_checkpoint(out)
@@ -198,7 +243,6 @@ def test_average_stage_with_batchnorm_reestimation(trained, tmp_path, store_uri,
     [run] = client.search_runs([client.get_experiment_by_name("psla").experiment_id])
     assert run.data.tags["stage"] == "average" and run.data.tags["seed"] == "2"
     assert run.data.metrics["members"] == 2
-
 
     with pytest.raises(SystemExit) as exit_:
         main([*common, "--set", "aggregate.bn_batches=2", "--run", str(_run(trained)), "--out", str(tmp_path / "x.pt")])

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.audio import AudioProblem, SAMPLE_RATE, check_wave, is_valid_clip, read_audio, to_mono_16k, write_flac
+from pipeline.audio import SAMPLE_RATE, AudioProblem, check_wave, is_valid_clip, read_audio, to_mono_16k, write_flac
 from tests.conftest import tone, write_encoded
 
 
@@ -136,7 +136,7 @@ def test_integer_pcm_decoded_by_ffmpeg_is_scaled_to_full_scale(tmp_path):
             out.mux(packet)
     decoded, decoded_rate = read_audio(tmp_path / "x.m4a")
     assert decoded_rate == rate and decoded.dtype == np.float32
-    np.testing.assert_allclose(decoded[:, :wave.shape[1]], wave, atol=1e-4)
+    np.testing.assert_allclose(decoded[:, : wave.shape[1]], wave, atol=1e-4)
 
 
 @pytest.mark.parametrize("rate", [44100, 48000, 22050, 8000, 16000, 11025])

@@ -26,25 +26,46 @@ from pipeline.shards import shard_path, shard_slice
 from tests.conftest import REPO, run_module, write_params
 from tests.test_download import closed_port, serve
 
-CLASSES = ('index,mid,display_name\n0,/m/09x0r,"Speech"\n1,/m/05zppz,"Male speech, man speaking"\n'
-           '2,/m/04rlf,"Music"\n3,/m/0jbk,"Animal"\n')
-ONTOLOGY = [{"id": "/m/09x0r", "name": "Speech", "child_ids": ["/m/05zppz"]},
-            {"id": "/m/05zppz", "name": "Male speech, man speaking", "child_ids": []},
-            {"id": "/m/04rlf", "name": "Music", "child_ids": []}, {"id": "/m/0jbk", "name": "Animal", "child_ids": []}]
-HEADER = ("# Segments csv created Sun Mar  5 10:54:31 2017\n"
-          "# num_ytids=8, num_segs=8, num_unique_labels=4, num_positive_labels=9\n"
-          "# YTID, start_seconds, end_seconds, positive_labels\n")
+CLASSES = (
+    'index,mid,display_name\n0,/m/09x0r,"Speech"\n1,/m/05zppz,"Male speech, man speaking"\n'
+    '2,/m/04rlf,"Music"\n3,/m/0jbk,"Animal"\n'
+)
+ONTOLOGY = [
+    {"id": "/m/09x0r", "name": "Speech", "child_ids": ["/m/05zppz"]},
+    {"id": "/m/05zppz", "name": "Male speech, man speaking", "child_ids": []},
+    {"id": "/m/04rlf", "name": "Music", "child_ids": []},
+    {"id": "/m/0jbk", "name": "Animal", "child_ids": []},
+]
+HEADER = (
+    "# Segments csv created Sun Mar  5 10:54:31 2017\n"
+    "# num_ytids=8, num_segs=8, num_unique_labels=4, num_positive_labels=9\n"
+    "# YTID, start_seconds, end_seconds, positive_labels\n"
+)
 # 11-character ids; the fake's behaviour per id is in BEHAVIOUR
 OK1, OK2, OK3, OK4 = "--PJHxphWEs", "-0Bn6jy-8Xw", "a1b2c3d4e5F", "Zz_9-8y7x6W"
 FLAKY, PRIVATE, GONE, HANG = "flakyflaky1", "privateVid1", "unavailabl1", "hanghanghan"
-BEHAVIOUR = {FLAKY: ["err:Unable to download webpage: HTTP Error 503: Service Unavailable", "ok"],
-             PRIVATE: ["err:Private video. Sign in if you've been granted access to this video"],
-             GONE: ["err:Video unavailable. This video is no longer available because the YouTube account "
-                    "associated with this video has been terminated."],
-             HANG: ["hang"]}
-BALANCED = HEADER + "".join(f'{y}, {s:.3f}, {s + 10:.3f}, "{l}"\n' for y, s, l in [
-    (OK1, 5, "/m/09x0r,/m/05zppz"), (OK2, 0, "/m/04rlf"), (FLAKY, 2, "/m/09x0r"), (PRIVATE, 0, "/m/0jbk"),
-    (GONE, 1, "/m/04rlf"), (HANG, 0, "/m/09x0r"), (OK3, 3, "/m/0jbk"), (OK4, 0.5, "/m/04rlf,/m/0jbk")])
+BEHAVIOUR = {
+    FLAKY: ["err:Unable to download webpage: HTTP Error 503: Service Unavailable", "ok"],
+    PRIVATE: ["err:Private video. Sign in if you've been granted access to this video"],
+    GONE: [
+        "err:Video unavailable. This video is no longer available because the YouTube account "
+        "associated with this video has been terminated."
+    ],
+    HANG: ["hang"],
+}
+BALANCED = HEADER + "".join(
+    f'{y}, {s:.3f}, {s + 10:.3f}, "{l}"\n'
+    for y, s, l in [
+        (OK1, 5, "/m/09x0r,/m/05zppz"),
+        (OK2, 0, "/m/04rlf"),
+        (FLAKY, 2, "/m/09x0r"),
+        (PRIVATE, 0, "/m/0jbk"),
+        (GONE, 1, "/m/04rlf"),
+        (HANG, 0, "/m/09x0r"),
+        (OK3, 3, "/m/0jbk"),
+        (OK4, 0.5, "/m/04rlf,/m/0jbk"),
+    ]
+)
 BALANCED += 'abc;rm -rf /x, 0.000, 10.000, "/m/09x0r"\n'  # line 12: a hostile id, never passed on
 EVAL = HEADER + f'{OK3}, 4.000, 14.000, "/m/0jbk"\n{OK1}, 0.000, 10.000, "/m/09x0r"\n'
 
@@ -91,9 +112,13 @@ pytestmark = pytest.mark.usefixtures("no_proxy")
 
 @pytest.fixture
 def remote():
-    files = {"csv/class_labels_indices.csv": CLASSES.encode(), "ontology.json": json.dumps(ONTOLOGY).encode(),
-             "csv/balanced_train_segments.csv": BALANCED.encode(), "csv/eval_segments.csv": EVAL.encode(),
-             "csv/unbalanced_train_segments.csv": HEADER.encode()}
+    files = {
+        "csv/class_labels_indices.csv": CLASSES.encode(),
+        "ontology.json": json.dumps(ONTOLOGY).encode(),
+        "csv/balanced_train_segments.csv": BALANCED.encode(),
+        "csv/eval_segments.csv": EVAL.encode(),
+        "csv/unbalanced_train_segments.csv": HEADER.encode(),
+    }
     with serve(files) as server:
         yield server
 
@@ -120,14 +145,29 @@ def fake_yt_dlp(tmp_path, monkeypatch):
 
 
 def _tree(tmp_path, remote, **audioset_cfg) -> dict:
-    urls = {"class_labels_indices": remote.url("csv/class_labels_indices.csv"), "ontology": remote.url("ontology.json"),
-            "balanced_train": remote.url("csv/balanced_train_segments.csv"),
-            "unbalanced_train": remote.url("csv/unbalanced_train_segments.csv"),
-            "eval": remote.url("csv/eval_segments.csv")}
-    cfg = {"urls": urls, "ffmpeg": "", "concurrency": 3, "rate_limit": 0, "retries": 1, "backoff_s": 0.01,
-           "timeout_s": 1.0, "tmp_dir": str(tmp_path / "tmp"), "val_fraction": 0.2, **audioset_cfg}
-    return {"data": {"dataset": "audioset", "root": str(tmp_path / "data"), "audioset": cfg},
-            "tracking": {"enabled": False}}
+    urls = {
+        "class_labels_indices": remote.url("csv/class_labels_indices.csv"),
+        "ontology": remote.url("ontology.json"),
+        "balanced_train": remote.url("csv/balanced_train_segments.csv"),
+        "unbalanced_train": remote.url("csv/unbalanced_train_segments.csv"),
+        "eval": remote.url("csv/eval_segments.csv"),
+    }
+    cfg = {
+        "urls": urls,
+        "ffmpeg": "",
+        "concurrency": 3,
+        "rate_limit": 0,
+        "retries": 1,
+        "backoff_s": 0.01,
+        "timeout_s": 1.0,
+        "tmp_dir": str(tmp_path / "tmp"),
+        "val_fraction": 0.2,
+        **audioset_cfg,
+    }
+    return {
+        "data": {"dataset": "audioset", "root": str(tmp_path / "data"), "audioset": cfg},
+        "tracking": {"enabled": False},
+    }
 
 
 def _params(tmp_path, remote, **cfg):
@@ -137,30 +177,52 @@ def _params(tmp_path, remote, **cfg):
 def _prepare(params, split, tmp_path, shard=(0, 1)):
     classes, _ = class_metadata(params)
     listing = list_split(params, split, classes)
-    return prepare_split(listing, dataset="audioset", audio_dir=tmp_path / "data/audio" / split,
-                         root=tmp_path / "data", on_bad="skip", shard=shard, progress=False)
+    return prepare_split(
+        listing,
+        dataset="audioset",
+        audio_dir=tmp_path / "data/audio" / split,
+        root=tmp_path / "data",
+        on_bad="skip",
+        shard=shard,
+        progress=False,
+    )
 
 
 def test_segment_csv_parsing_good_and_malformed_rows(tmp_path):
     path = tmp_path / "segments.csv"
-    path.write_text(HEADER + "\n".join([
-        f'{OK1}, 30.000, 40.000, "/m/09x0r,/m/05zppz"',  # line 4
-        f'{OK2},0,10,"/m/04rlf"',  # line 5: no spaces is fine too
-        f'{OK3}, 30.000, 40.000',  # 6: 3 fields
-        'abc;rm -rf /x, 0.000, 10.000, "/m/09x0r"',  # 7: hostile id
-        f'{OK4}, thirty, 40.000, "/m/09x0r"',  # 8
-        f'{OK4}, 40.000, 30.000, "/m/09x0r"',  # 9: end before start
-        f'{OK4}, 0.000, 10.000, ""',  # 10: no labels
-        f'{OK4}, 0.000, 10.000, "/m/banjo"',  # 11: not a class
-        "", "# a comment"]) + "\n")
+    path.write_text(
+        HEADER
+        + "\n".join(
+            [
+                f'{OK1}, 30.000, 40.000, "/m/09x0r,/m/05zppz"',  # line 4
+                f'{OK2},0,10,"/m/04rlf"',  # line 5: no spaces is fine too
+                f"{OK3}, 30.000, 40.000",  # 6: 3 fields
+                'abc;rm -rf /x, 0.000, 10.000, "/m/09x0r"',  # 7: hostile id
+                f'{OK4}, thirty, 40.000, "/m/09x0r"',  # 8
+                f'{OK4}, 40.000, 30.000, "/m/09x0r"',  # 9: end before start
+                f'{OK4}, 0.000, 10.000, ""',  # 10: no labels
+                f'{OK4}, 0.000, 10.000, "/m/banjo"',  # 11: not a class
+                "",
+                "# a comment",
+            ]
+        )
+        + "\n"
+    )
     rows = parse_segments(path, "balanced_train", {"/m/09x0r", "/m/05zppz", "/m/04rlf"})
     good = [r for r in rows if isinstance(r, Segment)]
     assert [(s.ytid, s.start, s.end, s.labels, s.clip_id) for s in good] == [
-        (OK1, 30.0, 40.0, ("/m/09x0r", "/m/05zppz"), f"Y{OK1}_30.000"), (OK2, 0.0, 10.0, ("/m/04rlf",), f"Y{OK2}_0.000")]
+        (OK1, 30.0, 40.0, ("/m/09x0r", "/m/05zppz"), f"Y{OK1}_30.000"),
+        (OK2, 0.0, 10.0, ("/m/04rlf",), f"Y{OK2}_0.000"),
+    ]
     bad = [r for r in rows if isinstance(r, Rejected)]
     assert [(r.reason, r.source.rsplit(" ", 1)[1]) for r in bad] == [
-        ("malformed_row", "6"), ("malformed_row", "7"), ("malformed_row", "8"), ("malformed_row", "9"),
-        ("empty_labels", "10"), ("unknown_label", "11")]
+        ("malformed_row", "6"),
+        ("malformed_row", "7"),
+        ("malformed_row", "8"),
+        ("malformed_row", "9"),
+        ("empty_labels", "10"),
+        ("unknown_label", "11"),
+    ]
     assert all(r.detail.startswith(f"{path} line ") and "\n" not in r.detail for r in bad)
     assert "not 11 characters" in bad[1].detail
 
@@ -175,8 +237,11 @@ def test_metadata_is_downloaded_once_over_http(tmp_path, remote):
     assert [e.clip_id for e in listing.entries] == [f"Y{OK3}_4.000", f"Y{OK1}_0.000"]
     class_metadata(params)
     list_split(params, "eval", classes)
-    assert Counter(p for p, _ in remote.requests) == {"/csv/class_labels_indices.csv": 1, "/ontology.json": 1,
-                                                      "/csv/eval_segments.csv": 1}
+    assert Counter(p for p, _ in remote.requests) == {
+        "/csv/class_labels_indices.csv": 1,
+        "/ontology.json": 1,
+        "/csv/eval_segments.csv": 1,
+    }
 
 
 def test_metadata_command_fetches_everything_and_counts(tmp_path, remote, capsys):
@@ -184,7 +249,10 @@ def test_metadata_command_fetches_everything_and_counts(tmp_path, remote, capsys
     audioset.main(["--params", str(tmp_path / "params.yaml")])
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("4 classes, 4 ontology entries") and out[1:] == [
-        "train: 6 segments (1 rows rejected)", "val: 2 segments (0 rows rejected)", "eval: 2 segments (0 rows rejected)"]
+        "train: 6 segments (1 rows rejected)",
+        "val: 2 segments (0 rows rejected)",
+        "eval: 2 segments (0 rows rejected)",
+    ]
 
 
 def test_params_need_a_local_dir_for_local_clips(tmp_path):
@@ -244,8 +312,9 @@ def test_yt_dlp_success_transient_permanent_and_timeout(tmp_path, remote, fake_y
     manifest, report = _prepare(params, "train", tmp_path)
     assert report.requested == 9 and report.written == 5
     assert report.skipped_by_reason == {"private": 1, "removed": 1, "timeout": 1, "malformed_row": 1}
-    assert [e.clip_id for e in manifest] == [f"Y{i}" for i in (f"{OK1}_5.000", f"{OK2}_0.000", f"{FLAKY}_2.000",
-                                                                 f"{OK3}_3.000", f"{OK4}_0.500")]
+    assert [e.clip_id for e in manifest] == [
+        f"Y{i}" for i in (f"{OK1}_5.000", f"{OK2}_0.000", f"{FLAKY}_2.000", f"{OK3}_3.000", f"{OK4}_0.500")
+    ]
     assert manifest[0].labels == ("/m/09x0r", "/m/05zppz")
     calls = fake_yt_dlp()
     per_id = Counter(argv[argv.index("--") + 1].split("v=")[1] for argv in calls)
@@ -261,7 +330,7 @@ def test_yt_dlp_success_transient_permanent_and_timeout(tmp_path, remote, fake_y
     wave, rate = sf.read(str(tmp_path / "data/audio/train" / f"Y{OK1}_5.000.flac"))
     assert rate == 16000 and wave.ndim == 1 and len(wave) == 160000
     for second in (0, 4, 9):
-        middle = wave[second * 16000 + 4000:second * 16000 + 12000]
+        middle = wave[second * 16000 + 4000 : second * 16000 + 12000]
         assert np.allclose(middle, 0.03 * (5 + second), atol=2e-3)
     assert not list((tmp_path / "tmp").iterdir())  # temporary downloads are gone
     # a rerun reuses every clip and calls yt-dlp only for the failures
@@ -330,8 +399,9 @@ def test_local_directory_source_with_templates(tmp_path, remote):
     level = (np.arange(20 * 8000) // 8000 * 0.03).astype(np.float32)
     sf.write(str(videos / f"Y{OK1}.wav"), level, 8000)
     sf.write(str(videos / f"Y{OK3}.wav"), level, 8000)
-    params = _params(tmp_path, remote, source="local", local_dir=str(videos), local_template="Y{ytid}.wav",
-                     local_cut=True)
+    params = _params(
+        tmp_path, remote, source="local", local_dir=str(videos), local_template="Y{ytid}.wav", local_cut=True
+    )
     manifest, report = _prepare(params, "eval", tmp_path / "second")
     assert report.written == 2
     wave, _ = sf.read(str(tmp_path / "second/data/audio/eval" / f"Y{OK3}_4.000.flac"))
@@ -345,10 +415,16 @@ def test_sharded_download_and_merge_equal_one_run(tmp_path, remote, fake_yt_dlp)
     parts, called_before = tmp_path / "parts", set()
     for index in range(3):
         listing = list_split(params, "train", classes)  # each job lists the whole split, then takes its block
-        manifest, report = prepare_split(listing, dataset="audioset", audio_dir=parts / "audio", root=parts,
-                                         on_bad="skip", shard=(index, 3), progress=False)
-        write_outputs(manifest, report, shard_path(parts / "train.csv", index),
-                      shard_path(parts / "train.json", index))
+        manifest, report = prepare_split(
+            listing,
+            dataset="audioset",
+            audio_dir=parts / "audio",
+            root=parts,
+            on_bad="skip",
+            shard=(index, 3),
+            progress=False,
+        )
+        write_outputs(manifest, report, shard_path(parts / "train.csv", index), shard_path(parts / "train.json", index))
         called = {a[-1].split("v=")[1] for a in fake_yt_dlp()}
         block = listing.entries[shard_slice(len(listing.entries), (index, 3))]
         assert called - called_before == {e.clip_id[1:12] for e in block if isinstance(e, Item)}
@@ -356,8 +432,11 @@ def test_sharded_download_and_merge_equal_one_run(tmp_path, remote, fake_yt_dlp)
     merged, report = merge_shards(parts / "train.csv", parts / "train.json", 3)
     whole, single = _prepare(params, "train", tmp_path / "whole")
     assert [(e.clip_id, e.labels) for e in merged] == [(e.clip_id, e.labels) for e in whole]
-    assert (report.requested, report.written, report.skipped) == (single.requested, single.written, single.skipped) \
+    assert (
+        (report.requested, report.written, report.skipped)
+        == (single.requested, single.written, single.skipped)
         == (9, 8, 1)
+    )
 
 
 def test_rate_limit_spaces_the_calls():
@@ -374,21 +453,52 @@ def test_rate_limit_spaces_the_calls():
 
 
 def _cli_prepare(tmp_path, split, *extra, env=None, check=True):
-    return run_module("pipeline.stages.prepare", "--params", str(tmp_path / "params.yaml"), "--split", split,
-                      "--classes", str(tmp_path / "data/classes.csv"), "--no-progress", *extra, cwd=tmp_path,
-                      env=env, check=check)
+    return run_module(
+        "pipeline.stages.prepare",
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--split",
+        split,
+        "--classes",
+        str(tmp_path / "data/classes.csv"),
+        "--no-progress",
+        *extra,
+        cwd=tmp_path,
+        env=env,
+        check=check,
+    )
 
 
 def test_cli_resumes_after_interruption(tmp_path, remote, fake_yt_dlp):
     ids = [f"slowclip{i:03d}" for i in range(12)]
-    remote.files["/csv/eval_segments.csv"] = (HEADER + "".join(f'{y}, 0.000, 2.000, "/m/04rlf"\n' for y in ids)).encode()
+    remote.files["/csv/eval_segments.csv"] = (
+        HEADER + "".join(f'{y}, 0.000, 2.000, "/m/04rlf"\n' for y in ids)
+    ).encode()
     (fake_yt_dlp.state / "behaviour.json").write_text(json.dumps({y: ["slow"] for y in ids}))
     write_params(tmp_path / "params.yaml", _tree(tmp_path, remote, concurrency=2))
-    run_module("pipeline.stages.metadata", "--params", str(tmp_path / "params.yaml"), "--classes",
-               str(tmp_path / "data/classes.csv"), "--ontology", str(tmp_path / "data/ontology.json"), cwd=tmp_path)
+    run_module(
+        "pipeline.stages.metadata",
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--classes",
+        str(tmp_path / "data/classes.csv"),
+        "--ontology",
+        str(tmp_path / "data/ontology.json"),
+        cwd=tmp_path,
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO), "FAKE_RATE": "16000", "FAKE_CHANNELS": "1"}
-    cmd = [sys.executable, "-m", "pipeline.stages.prepare", "--params", str(tmp_path / "params.yaml"), "--split",
-           "eval", "--classes", str(tmp_path / "data/classes.csv"), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.stages.prepare",
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--split",
+        "eval",
+        "--classes",
+        str(tmp_path / "data/classes.csv"),
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env)
     audio = tmp_path / "data/audio/eval"
     deadline = time.monotonic() + 60
@@ -413,8 +523,17 @@ def test_cli_offline_stops_with_one_line(tmp_path, remote, fake_yt_dlp):
     dead = f"http://127.0.0.1:{closed_port()}"
     tree["data"]["audioset"]["urls"] = {k: f"{dead}/{k}.csv" for k in tree["data"]["audioset"]["urls"]}
     write_params(tmp_path / "params.yaml", tree)
-    proc = run_module("pipeline.stages.metadata", "--params", str(tmp_path / "params.yaml"), "--classes",
-                      str(tmp_path / "c.csv"), "--ontology", str(tmp_path / "o.json"), cwd=tmp_path, check=False)
+    proc = run_module(
+        "pipeline.stages.metadata",
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--classes",
+        str(tmp_path / "c.csv"),
+        "--ontology",
+        str(tmp_path / "o.json"),
+        cwd=tmp_path,
+        check=False,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr
     assert lines[0].startswith("error: cannot reach 127.0.0.1:") and "data.audioset.meta_dir" in lines[0]
@@ -425,9 +544,14 @@ def test_cli_offline_stops_with_one_line(tmp_path, remote, fake_yt_dlp):
     assert proc.returncode == 2 and len(lines) == 1 and "balanced_train_segments.csv" in lines[0]
     assert "cannot reach" in lines[0] and "copy" in lines[0]
     # metadata on disk, but YouTube unreachable: yt-dlp's network errors stop the run, saying what to do
-    (fake_yt_dlp.state / "behaviour.json").write_text(json.dumps(
-        {y: ["err:Unable to download API page: <urlopen error [Errno -3] Temporary failure in name resolution>"]
-         for y in (OK1, OK2, FLAKY, PRIVATE, GONE, HANG, OK3, OK4)}))
+    (fake_yt_dlp.state / "behaviour.json").write_text(
+        json.dumps(
+            {
+                y: ["err:Unable to download API page: <urlopen error [Errno -3] Temporary failure in name resolution>"]
+                for y in (OK1, OK2, FLAKY, PRIVATE, GONE, HANG, OK3, OK4)
+            }
+        )
+    )
     write_params(tmp_path / "params.yaml", _tree(tmp_path, remote, concurrency=1))
     proc = _cli_prepare(tmp_path, "train", check=False)
     lines = proc.stderr.strip().splitlines()

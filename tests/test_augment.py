@@ -10,8 +10,16 @@ import pytest
 import torch
 import torchaudio
 
-from pipeline.augment import (augment_batch, make_generator, mix, mixup, normalise, prepare_eval_batch,
-                              sample_beta, spec_augment)
+from pipeline.augment import (
+    augment_batch,
+    make_generator,
+    mix,
+    mixup,
+    normalise,
+    prepare_eval_batch,
+    sample_beta,
+    spec_augment,
+)
 from pipeline.errors import PipelineError
 
 MEAN, STD = -4.6476, 4.5699
@@ -43,6 +51,7 @@ def recover_lam(out, x, partner):
 
 
 # ---------------------------------------------------------------- shapes, identities, errors
+
 
 def test_shapes_and_dtypes_preserved():
     x, y = batch()
@@ -98,6 +107,7 @@ def test_batch_of_one_is_left_alone():
 
 
 # ---------------------------------------------------------------- mixup
+
 
 @pytest.mark.parametrize("domain", ["power", "logmel"])
 def test_probability_one_mixes_every_sample_with_another(domain):
@@ -163,7 +173,7 @@ def test_power_domain_formula_and_edges():
     lam = torch.tensor([0.0, 1.0, 0.3, 0.5, 0.999])
     out = mix(xi, xj, lam, "power")
     l64 = lam.double().reshape(-1, 1, 1)
-    ref = torch.log(l64 ** 2 * xi.double().exp() + (1 - l64) ** 2 * xj.double().exp())
+    ref = torch.log(l64**2 * xi.double().exp() + (1 - l64) ** 2 * xj.double().exp())
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=0)
     assert torch.equal(out[0], xj[0]) and torch.equal(out[1], xi[1])  # lam 0 / 1 are exact
     out_l = mix(xi, xj, lam, "logmel")
@@ -186,8 +196,7 @@ def test_padding_semantics_with_n_frames():
     torch.testing.assert_close(out[0, 3:6], x[0, 3:6] + 2 * math.log(0.6))  # partner is padding there
     ref = torch.logaddexp(x[0, :3] + 2 * math.log(0.6), x[1, :3] + 2 * math.log(0.4))
     torch.testing.assert_close(out[0, :3], ref)
-    torch.testing.assert_close(out[1, :3], torch.logaddexp(x[1, :3] + 2 * math.log(0.6),
-                                                           x[0, :3] + 2 * math.log(0.4)))
+    torch.testing.assert_close(out[1, :3], torch.logaddexp(x[1, :3] + 2 * math.log(0.6), x[0, :3] + 2 * math.log(0.4)))
     assert torch.equal(out[1, 3:], torch.zeros(7, 4))
     # through mixup and augment_batch
     y = torch.eye(2)
@@ -197,6 +206,7 @@ def test_padding_semantics_with_n_frames():
 
 
 # ---------------------------------------------------------------- SpecAugment
+
 
 def band_of(mask_1d: torch.Tensor):
     """(start, width) of the single contiguous True band of a 1-D bool mask; width 0 -> start None."""
@@ -253,6 +263,7 @@ def test_masked_value_is_zero_before_normalisation():
 
 # ---------------------------------------------------------------- determinism, device
 
+
 def test_deterministic_for_a_seed_and_seeds_differ():
     x, y = batch(b=16)
     a = augment_batch(x, y, cfg(mixup=0.5), MEAN, STD, make_generator(42))
@@ -306,18 +317,17 @@ def make_signal(kind, rng):
         f0, f1 = rng.uniform(200, 1500), rng.uniform(2000, 7000)
         if rng.random() < 0.5:
             f0, f1 = f1, f0
-        w = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t ** 2 / (2 * SECONDS)))
+        w = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * SECONDS)))
     elif kind == "harmonic":
         f0 = rng.uniform(100, 500)
-        w = sum(np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 2 * np.pi)) / k for k in range(1, 9)
-                if k * f0 < SR / 2)
+        w = sum(np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 2 * np.pi)) / k for k in range(1, 9) if k * f0 < SR / 2)
     elif kind in ("white", "pink", "brown"):
         w = _pink_like(rng, n, {"white": 0, "pink": 1, "brown": 2}[kind])
     elif kind == "clicks":
         w = np.zeros(n)
         period = int(SR / rng.uniform(4, 20))
         for start in range(int(rng.integers(0, period)), n - 32, period):
-            w[start:start + 32] += np.hanning(32) * rng.choice([-1, 1])
+            w[start : start + 32] += np.hanning(32) * rng.choice([-1, 1])
     elif kind == "am":
         w = (1 + 0.8 * np.sin(2 * np.pi * rng.uniform(2, 12) * t)) * np.sin(2 * np.pi * rng.uniform(300, 3000) * t)
     elif kind == "fm":
@@ -332,8 +342,15 @@ def make_signal(kind, rng):
 def kaldi_fbank(w):
     """Exactly DESIGN.md's features (without padding)."""
     return torchaudio.compliance.kaldi.fbank(
-        (w - w.mean()).unsqueeze(0), htk_compat=True, sample_frequency=SR, use_energy=False,
-        window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=10)
+        (w - w.mean()).unsqueeze(0),
+        htk_compat=True,
+        sample_frequency=SR,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=128,
+        dither=0.0,
+        frame_shift=10,
+    )
 
 
 def test_power_domain_mixup_is_closer_to_the_waveform_mix_than_logmel_mixing():

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from pipeline.config import Params, ParamsError, SECTIONS, load_params, parse_override, to_yaml
+from pipeline.config import SECTIONS, Params, ParamsError, load_params, parse_override, to_yaml
 from tests.conftest import REPO, write_params
 
 PRESETS = sorted((REPO / "presets").glob("*.yaml"))
@@ -9,8 +9,11 @@ PRESETS = sorted((REPO / "presets").glob("*.yaml"))
 
 def test_params_yaml_states_every_default_explicitly():
     tree = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert set(tree) == set(SECTIONS) == {"data", "features", "sampling", "augment", "labels", "model",
-                                          "train", "aggregate", "evaluate", "tracking"}
+    assert (
+        set(tree)
+        == set(SECTIONS)
+        == {"data", "features", "sampling", "augment", "labels", "model", "train", "aggregate", "evaluate", "tracking"}
+    )
     # the file is the schema's defaults written out in full (make params), so DVC can track every key
     assert Params.model_validate(tree) == Params()
     assert yaml.safe_load(to_yaml(Params())) == tree
@@ -26,15 +29,40 @@ def test_presets_hold_the_papers_recipes():
     balanced = load_params(REPO / "presets/audioset_balanced.yaml")
     full = load_params(REPO / "presets/audioset_full.yaml")
     fsd = load_params(REPO / "presets/fsd50k.yaml")
-    assert (balanced.train.lr, balanced.train.batch_size, balanced.train.epochs, balanced.train.lr_decay_start) == (1e-3, 100, 60, 35)
-    assert (balanced.aggregate.wa_start, balanced.aggregate.wa_end, balanced.sampling.balanced, balanced.labels.enhance) == (41, 60, False, "mean")
+    assert (balanced.train.lr, balanced.train.batch_size, balanced.train.epochs, balanced.train.lr_decay_start) == (
+        1e-3,
+        100,
+        60,
+        35,
+    )
+    assert (
+        balanced.aggregate.wa_start,
+        balanced.aggregate.wa_end,
+        balanced.sampling.balanced,
+        balanced.labels.enhance,
+    ) == (41, 60, False, "mean")
     assert (full.train.lr, full.train.batch_size, full.train.epochs, full.train.lr_decay_start) == (1e-4, 100, 30, 10)
-    assert (full.aggregate.wa_start, full.aggregate.wa_end, full.sampling.balanced, full.labels.enhance) == (16, 30, True, "none")
+    assert (full.aggregate.wa_start, full.aggregate.wa_end, full.sampling.balanced, full.labels.enhance) == (
+        16,
+        30,
+        True,
+        "none",
+    )
     assert (fsd.train.lr, fsd.train.batch_size, fsd.train.epochs, fsd.train.lr_decay_start) == (5e-4, 24, 40, 10)
-    assert (fsd.aggregate.wa_start, fsd.aggregate.wa_end, fsd.sampling.balanced, fsd.labels.enhance) == (21, 40, True, "mean")
+    assert (fsd.aggregate.wa_start, fsd.aggregate.wa_end, fsd.sampling.balanced, fsd.labels.enhance) == (
+        21,
+        40,
+        True,
+        "mean",
+    )
     assert balanced.features.target_length == full.features.target_length == 1056 and fsd.features.target_length == 3000
     for p in (balanced, full, fsd):
-        assert (p.model.name, p.model.heads, p.train.weight_decay, p.train.betas) == ("tf_efficientnet_b2", 4, 5e-7, (0.95, 0.999))
+        assert (p.model.name, p.model.heads, p.train.weight_decay, p.train.betas) == (
+            "tf_efficientnet_b2",
+            4,
+            5e-7,
+            (0.95, 0.999),
+        )
         assert (p.augment.freqm, p.augment.timem, p.augment.mixup, p.augment.mixup_alpha) == (48, 192, 0.5, 10.0)
         assert (p.train.lr_decay, p.train.lr_decay_every, p.train.warmup_steps) == (0.5, 5, 1000)
 
@@ -48,21 +76,24 @@ def _error(tmp_path, tree, overrides=None) -> str:
     return message
 
 
-@pytest.mark.parametrize("tree, key, words", [
-    ({"train": {"lrr": 1}}, "train.lrr", "unknown key"),
-    ({"trian": {"lr": 1}}, "trian", "unknown key"),
-    ({"data": {"demo": {"seeed": 1}}}, "data.demo.seeed", "unknown key"),
-    ({"train": {"epochs": "many"}}, "train.epochs", "valid integer"),
-    ({"train": {"epochs": 2.5}}, "train.epochs", "integer"),
-    ({"sampling": {"balanced": "yes"}}, "sampling.balanced", "boolean"),
-    ({"train": {"lr": -1}}, "train.lr", "greater than 0"),
-    ({"augment": {"mixup": 1.5}}, "augment.mixup", "less than or equal to 1"),
-    ({"labels": {"enhance": "max"}}, "labels.enhance", "'none', 'mean'"),
-    ({"data": {"on_bad": "ignore"}}, "data.on_bad", "'skip' or 'fail'"),
-    ({"data": {"dataset": "folder"}}, "data", "data.folder.csv"),
-    ({"aggregate": {"wa_start": 5, "wa_end": 3}}, "aggregate", "wa_end must be >= wa_start"),
-    ({"train": {"epochs": 3}}, "", "exceeds train.epochs"),
-])
+@pytest.mark.parametrize(
+    "tree, key, words",
+    [
+        ({"train": {"lrr": 1}}, "train.lrr", "unknown key"),
+        ({"trian": {"lr": 1}}, "trian", "unknown key"),
+        ({"data": {"demo": {"seeed": 1}}}, "data.demo.seeed", "unknown key"),
+        ({"train": {"epochs": "many"}}, "train.epochs", "valid integer"),
+        ({"train": {"epochs": 2.5}}, "train.epochs", "integer"),
+        ({"sampling": {"balanced": "yes"}}, "sampling.balanced", "boolean"),
+        ({"train": {"lr": -1}}, "train.lr", "greater than 0"),
+        ({"augment": {"mixup": 1.5}}, "augment.mixup", "less than or equal to 1"),
+        ({"labels": {"enhance": "max"}}, "labels.enhance", "'none', 'mean'"),
+        ({"data": {"on_bad": "ignore"}}, "data.on_bad", "'skip' or 'fail'"),
+        ({"data": {"dataset": "folder"}}, "data", "data.folder.csv"),
+        ({"aggregate": {"wa_start": 5, "wa_end": 3}}, "aggregate", "wa_end must be >= wa_start"),
+        ({"train": {"epochs": 3}}, "", "exceeds train.epochs"),
+    ],
+)
 def test_invalid_params_are_one_line_errors_naming_key_and_file(tmp_path, tree, key, words):
     message = _error(tmp_path, tree)
     assert key in message and words in message, message
@@ -82,21 +113,33 @@ def test_bad_yaml_and_missing_file(tmp_path):
 
 def test_overrides_are_yaml_and_nested(tmp_path):
     path = write_params(tmp_path / "p.yaml", {"train": {"lr": 0.5}})
-    params = load_params(path, ["train.lr=1e-4", "train.seeds=[3, 4]", "sampling.balanced=false",
-                                "data.demo.n_val=7", "labels.enhance=25", "model.pretrained=/w/x.pt"])
+    params = load_params(
+        path,
+        [
+            "train.lr=1e-4",
+            "train.seeds=[3, 4]",
+            "sampling.balanced=false",
+            "data.demo.n_val=7",
+            "labels.enhance=25",
+            "model.pretrained=/w/x.pt",
+        ],
+    )
     assert params.train.lr == 1e-4 and params.train.seeds == [3, 4] and params.sampling.balanced is False
     assert params.data.demo.n_val == 7 and params.labels.enhance == "25" and params.model.pretrained == "/w/x.pt"
     assert load_params(path).train.lr == 0.5  # the file itself is not modified
 
 
-@pytest.mark.parametrize("override, words", [
-    ("train.lr", "expected section.key=value"),
-    ("train=3", "section.key=value"),
-    ("train.lr=[1", "not valid YAML"),
-    ("train.lr.x=1", "train.lr: Input should be a valid number"),
-    ("train.nope=1", "unknown key 'train.nope'"),
-    ("train.lr=0", "train.lr"),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("train.lr", "expected section.key=value"),
+        ("train=3", "section.key=value"),
+        ("train.lr=[1", "not valid YAML"),
+        ("train.lr.x=1", "train.lr: Input should be a valid number"),
+        ("train.nope=1", "unknown key 'train.nope'"),
+        ("train.lr=0", "train.lr"),
+    ],
+)
 def test_bad_overrides(tmp_path, override, words):
     message = _error(tmp_path, {}, [override])
     assert words in message and "--set" in message

@@ -9,8 +9,15 @@ import pytest
 
 from tests.test_workflows import BIN, _project_copy
 
-WILDCARD = {"prepare": ("split", "shard"), "features": ("split", "shard"), "prepare_merge": ("split",),
-            "features_merge": ("split",), "weights": ("labels",), "train": ("seed",), "average": ("seed",)}
+WILDCARD = {
+    "prepare": ("split", "shard"),
+    "features": ("split", "shard"),
+    "prepare_merge": ("split",),
+    "features_merge": ("split",),
+    "weights": ("labels",),
+    "train": ("seed",),
+    "average": ("seed",),
+}
 
 
 def _arguments(command: str) -> tuple[str, dict]:
@@ -29,8 +36,14 @@ def _arguments(command: str) -> tuple[str, dict]:
 
 
 def _snakemake_jobs(project: Path) -> dict:
-    out = subprocess.run([str(BIN / "snakemake"), "-n", "-p", "--forceall", "--cores", "1"], cwd=project,
-                         capture_output=True, text=True, timeout=300, check=True).stdout
+    out = subprocess.run(
+        [str(BIN / "snakemake"), "-n", "-p", "--forceall", "--cores", "1"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
     jobs = {}
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
         head = re.match(r"(?:local)?rule (\w+):", block)
@@ -55,7 +68,9 @@ def test_dvc_and_snakemake_run_the_same_commands_into_the_same_outputs(tmp_path)
     with Repo(str(project)) as repo:
         stages = {s.addressing.split(":")[-1]: s for s in repo.index.stages}
     jobs = _snakemake_jobs(project)
-    assert set(stages) == set(jobs), f"only in dvc.yaml: {set(stages) - set(jobs)}; only in Snakemake: {set(jobs) - set(stages)}"
+    assert set(stages) == set(jobs), (
+        f"only in dvc.yaml: {set(stages) - set(jobs)}; only in Snakemake: {set(jobs) - set(stages)}"
+    )
     for name, stage in stages.items():
         shell, outputs = jobs[name]
         assert _arguments(stage.cmd) == _arguments(shell), name

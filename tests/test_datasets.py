@@ -45,8 +45,17 @@ def test_folder_split_column_and_labels(folder_dataset):
 def test_folder_without_split_column_assigns_stable_splits(tmp_path, audio_classes):
     rows = "\n".join(f"clip{i}.wav,Speech" for i in range(400))
     (tmp_path / "d.csv").write_text("audio,labels\n" + rows + "\n")
-    tree = {"data": {"dataset": "folder", "folder": {"csv": str(tmp_path / "d.csv"), "classes": str(audio_classes),
-                                                     "val_fraction": 0.2, "eval_fraction": 0.1}}}
+    tree = {
+        "data": {
+            "dataset": "folder",
+            "folder": {
+                "csv": str(tmp_path / "d.csv"),
+                "classes": str(audio_classes),
+                "val_fraction": 0.2,
+                "eval_fraction": 0.1,
+            },
+        }
+    }
     params = load_params(write_params(tmp_path / "p.yaml", tree))
     classes = read_classes(audio_classes)
     sizes = {s: len(list_folder(params, s, classes).entries) for s in params.data.splits}

@@ -171,8 +171,10 @@ def test_labels_closed_on_val_eval_and_noisy_on_train():
         child_dropped += any(m in parents for m in missing)
         parent_dropped += any(m in parents.values() for m in missing)
     n = len(train)
-    print(f"train clips with changed labels {changed / n:.2f}, child dropped {child_dropped / n:.2f}, "
-          f"parent dropped {parent_dropped / n:.2f}")
+    print(
+        f"train clips with changed labels {changed / n:.2f}, child dropped {child_dropped / n:.2f}, "
+        f"parent dropped {parent_dropped / n:.2f}"
+    )
     assert changed / n >= 0.15
     assert child_dropped / n >= 0.05 and parent_dropped / n >= 0.05
     clean = demo.clip_specs(make_cfg(drop_child=0.0, drop_parent=0.0), "train")
@@ -219,8 +221,14 @@ def _fbank(w: np.ndarray) -> np.ndarray:
 
     x = torch.from_numpy(w - w.mean())[None]
     return torchaudio.compliance.kaldi.fbank(
-        x, htk_compat=True, sample_frequency=16000, use_energy=False, window_type="hanning",
-        num_mel_bins=128, dither=0.0, frame_shift=10,
+        x,
+        htk_compat=True,
+        sample_frequency=16000,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=128,
+        dither=0.0,
+        frame_shift=10,
     ).numpy()
 
 
@@ -231,10 +239,9 @@ def _max_autocorr(x: np.ndarray) -> np.ndarray:
     """Normalised autocorrelation of each column of x (T x K), max within each lag window."""
     xc = x - x.mean(0)
     den = (xc**2).sum(0) + 1e-6
-    return np.stack([
-        np.max(np.stack([(xc[:-lag] * xc[lag:]).sum(0) / den for lag in range(a, b)]), 0)
-        for a, b in _LAG_WINDOWS
-    ])  # windows x K
+    return np.stack(
+        [np.max(np.stack([(xc[:-lag] * xc[lag:]).sum(0) / den for lag in range(a, b)]), 0) for a, b in _LAG_WINDOWS]
+    )  # windows x K
 
 
 def _probe_features(f: np.ndarray) -> np.ndarray:
@@ -316,4 +323,3 @@ def test_time_averaged_fbank_baseline_is_below_075_and_time_structure_is_learnab
     assert baseline < 0.75
     assert probe_map >= 0.85
     assert probe_map - baseline >= 0.2
-

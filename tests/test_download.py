@@ -106,8 +106,9 @@ PAYLOAD = bytes(range(256)) * 4000  # ~1 MB
 
 def test_download_is_atomic_and_skipped_when_present(tmp_path):
     with serve({"a/file.bin": PAYLOAD}) as remote:
-        dest = fetch(remote.url("a/file.bin"), tmp_path / "file.bin", size=len(PAYLOAD),
-                     md5=hashlib.md5(PAYLOAD).hexdigest())
+        dest = fetch(
+            remote.url("a/file.bin"), tmp_path / "file.bin", size=len(PAYLOAD), md5=hashlib.md5(PAYLOAD).hexdigest()
+        )
         assert dest.read_bytes() == PAYLOAD
         assert sorted(p.name for p in tmp_path.iterdir()) == [".file.bin.lock", "file.bin"]
         fetch(remote.url("a/file.bin"), dest)
@@ -160,7 +161,7 @@ def test_unreachable_host_fails_at_once_with_one_line_saying_what_to_do(tmp_path
     with pytest.raises(DownloadError) as err:
         fetch(url, tmp_path / "eval_segments.csv", retries=5, backoff=30, hint="copy it by hand")
     message = str(err.value)
-    assert message.startswith(f"cannot reach 127.0.0.1:") and url in message and message.endswith("copy it by hand")
+    assert message.startswith("cannot reach 127.0.0.1:") and url in message and message.endswith("copy it by hand")
     assert "\n" not in message
     with pytest.raises(DownloadError, match="cannot reach"):
         fetch_json(url, retries=5, backoff=30)

@@ -38,7 +38,9 @@ def official(types, stat):
 def assert_same_sets(got: dict, want: dict, what: str):
     assert list(got) == list(want), f"{what}: clip ids differ"
     bad = [c for c in want if got[c] != want[c]]
-    detail = f"first {bad[0]}: +{sorted(got[bad[0]] - want[bad[0]])} -{sorted(want[bad[0]] - got[bad[0]])}" if bad else ""
+    detail = (
+        f"first {bad[0]}: +{sorted(got[bad[0]] - want[bad[0]])} -{sorted(want[bad[0]] - got[bad[0]])}" if bad else ""
+    )
     assert not bad, f"{what}: {len(bad)} of {len(want)} clips differ; {detail}"
 
 
@@ -64,9 +66,13 @@ shared_fixture = needs_shared(FIXTURE / "labels.csv", FIXTURE / "teacher_scores.
 def fixture_data():
     classes = read_classes(AUDIOSET_CLASSES)
     entries = read_manifest(FIXTURE / "labels.csv")
-    return {"classes": classes, "entries": entries, "labels": label_matrix(entries, classes),
-            "scores": load_scores_for(FIXTURE / "teacher_scores.csv", entries, classes),
-            "relations": build_relations(read_ontology(ONTOLOGY), classes)}
+    return {
+        "classes": classes,
+        "entries": entries,
+        "labels": label_matrix(entries, classes),
+        "scores": load_scores_for(FIXTURE / "teacher_scores.csv", entries, classes),
+        "relations": build_relations(read_ontology(ONTOLOGY), classes),
+    }
 
 
 @shared_fixture
@@ -74,8 +80,9 @@ def fixture_data():
 def test_thresholds_are_numpy_statistics(fixture_data, stat):
     labels, scores = fixture_data["labels"], fixture_data["scores"]
     fn = {"mean": np.mean, "median": np.median}.get(stat, lambda v: np.percentile(v, float(stat)))
-    naive = np.array([fn(scores[labels[:, k] != 0, k]) if labels[:, k].any() else np.nan
-                      for k in range(labels.shape[1])])
+    naive = np.array(
+        [fn(scores[labels[:, k] != 0, k]) if labels[:, k].any() else np.nan for k in range(labels.shape[1])]
+    )
     got = class_thresholds(labels, scores, stat, chunk_rows=257)  # chunking must not change a bit
     assert np.array_equal(got, naive, equal_nan=True)
 
@@ -95,13 +102,33 @@ def test_fidelity_library(fixture_data, types, stat):
 def test_fidelity_cli(tmp_path, store_uri):
     """Two variants end to end through `python -m`, one with MLflow; the other 13 run in-process above."""
     params = write_params(tmp_path / "params.yaml", {"tracking": {"uri": store_uri}})
-    common = ["--params", str(params), "--manifest", str(FIXTURE / "labels.csv"), "--classes", str(AUDIOSET_CLASSES),
-              "--ontology", str(ONTOLOGY), "--scores", str(FIXTURE / "teacher_scores.csv")]
+    common = [
+        "--params",
+        str(params),
+        "--manifest",
+        str(FIXTURE / "labels.csv"),
+        "--classes",
+        str(AUDIOSET_CLASSES),
+        "--ontology",
+        str(ONTOLOGY),
+        "--scores",
+        str(FIXTURE / "teacher_scores.csv"),
+    ]
     for types, stat, report in ((("type1", "type2"), "mean", tmp_path / "report.json"), (("type2",), "25", None)):
         out = tmp_path / f"enhanced_{'+'.join(types)}_{stat}.csv"
         extra = ["--report", str(report)] if report else []
-        proc = run_module("pipeline.stages.enhance", *common, "--out", str(out), *extra,
-                          "--set", f"labels.enhance={stat}", "--set", f"labels.types=[{','.join(types)}]", cwd=tmp_path)
+        proc = run_module(
+            "pipeline.stages.enhance",
+            *common,
+            "--out",
+            str(out),
+            *extra,
+            "--set",
+            f"labels.enhance={stat}",
+            "--set",
+            f"labels.types=[{','.join(types)}]",
+            cwd=tmp_path,
+        )
         assert len(proc.stdout.strip().splitlines()) == 1 and "3000 clips" in proc.stdout, proc.stdout
         assert_same_sets(read_label_sets(out), read_label_sets(official(types, stat)), f"CLI {'+'.join(types)} {stat}")
     assert (tmp_path / "enhanced_type2_25_report.json").is_file()  # the default report path
@@ -132,7 +159,9 @@ def test_fidelity_cli(tmp_path, store_uri):
     runs = client.search_runs([client.get_experiment_by_name("psla").experiment_id])
     assert len(runs) == 2 and {r.data.tags["stage"] for r in runs} == {"enhance"}
     mean_run = next(r for r in runs if r.data.tags["enhance"] == "mean")
-    assert mean_run.data.metrics["added"] == rep["added"] and mean_run.data.metrics["labels_after"] == rep["labels_after"]
+    assert (
+        mean_run.data.metrics["added"] == rep["added"] and mean_run.data.metrics["labels_after"] == rep["labels_after"]
+    )
     assert [a.path for a in client.list_artifacts(mean_run.info.run_id)] == ["report.json"]
 
 
@@ -146,8 +175,9 @@ def test_fidelity_cli(tmp_path, store_uri):
 #
 # Vocabulary: Grand, Parent, Kid, Zed, Mid, Abstract, Q (NotInVocab is not in it).
 
-HAND_CLASSES = ClassList(("/g", "/p", "/k", "/z", "/m", "/a", "/q"),
-                         ("Grand", "Parent", "Kid", "Zed", "Mid", "Abstract", "Q, a sound"))
+HAND_CLASSES = ClassList(
+    ("/g", "/p", "/k", "/z", "/m", "/a", "/q"), ("Grand", "Parent", "Kid", "Zed", "Mid", "Abstract", "Q, a sound")
+)
 HAND_ONTOLOGY = [
     {"id": "/g", "name": "Grand", "child_ids": ["/p", "/a"], "restrictions": []},
     {"id": "/p", "name": "Parent", "child_ids": ["/k", "/z", "/n"], "restrictions": []},
@@ -171,15 +201,19 @@ HAND_CLIPS = {
 HAND_EXPECTED = {  # additions per type, worked out by hand from the rules
     "type1": {"c0": {"/k"}},  # Kid is a direct child of labelled Parent above 0.5; Zed has no threshold;
     #                           Mid is a grandchild (through NotInVocab); Q's parent is abstract
-    "type2": {"c0": {"/g"},   # Grand is Parent's parent
-              "c3": {"/g"}},  # Mid -> NotInVocab -> Parent -> Grand: Grand (0.9) added, Parent (0.05) not;
+    "type2": {
+        "c0": {"/g"},  # Grand is Parent's parent
+        "c3": {"/g"},
+    },  # Mid -> NotInVocab -> Parent -> Grand: Grand (0.9) added, Parent (0.05) not;
     #                           Q's only parent is abstract: neither Abstract nor Grand from c5
 }
 
 
 def hand_data(tmp_path, clips=HAND_CLIPS, extra_columns=False):
-    (tmp_path / "classes.csv").write_text("index,mid,display_name\n" + "".join(
-        f'{i},{m},"{n}"\n' for i, (m, n) in enumerate(zip(HAND_CLASSES.mids, HAND_CLASSES.names))))
+    (tmp_path / "classes.csv").write_text(
+        "index,mid,display_name\n"
+        + "".join(f'{i},{m},"{n}"\n' for i, (m, n) in enumerate(zip(HAND_CLASSES.mids, HAND_CLASSES.names)))
+    )
     (tmp_path / "ontology.json").write_text(json.dumps(HAND_ONTOLOGY))
     index = HAND_CLASSES.index_of()
     scores = np.full((len(clips), len(HAND_CLASSES)), 0.1)
@@ -187,8 +221,10 @@ def hand_data(tmp_path, clips=HAND_CLIPS, extra_columns=False):
         for mid, value in overrides.items():
             scores[row, index[mid]] = value
     header = "clip_id,audio,labels,start,end\n" if extra_columns else "clip_id,labels\n"
-    rows = [f'{c},{c}.flac,"{",".join(reversed(ls))}",0.0,10.0\n' if extra_columns else f'{c},"{",".join(ls)}"\n'
-            for c, (ls, _) in clips.items()]
+    rows = [
+        f'{c},{c}.flac,"{",".join(reversed(ls))}",0.0,10.0\n' if extra_columns else f'{c},"{",".join(ls)}"\n'
+        for c, (ls, _) in clips.items()
+    ]
     (tmp_path / "manifest.csv").write_text(header + "".join(rows))
     np.savetxt(tmp_path / "scores.csv", scores, delimiter=",", fmt="%.17g")
     write_params(tmp_path / "params.yaml", {"tracking": {"enabled": False}})
@@ -196,9 +232,20 @@ def hand_data(tmp_path, clips=HAND_CLIPS, extra_columns=False):
 
 
 def hand_args(tmp_path, out="out.csv", scores="scores.csv"):
-    return ["--params", tmp_path / "params.yaml", "--manifest", tmp_path / "manifest.csv",
-            "--classes", tmp_path / "classes.csv", "--ontology", tmp_path / "ontology.json",
-            "--scores", tmp_path / scores, "--out", tmp_path / out]
+    return [
+        "--params",
+        tmp_path / "params.yaml",
+        "--manifest",
+        tmp_path / "manifest.csv",
+        "--classes",
+        tmp_path / "classes.csv",
+        "--ontology",
+        tmp_path / "ontology.json",
+        "--scores",
+        tmp_path / scores,
+        "--out",
+        tmp_path / out,
+    ]
 
 
 def test_hand_relations():
@@ -206,11 +253,24 @@ def test_hand_relations():
     name = dict(zip(range(7), HAND_CLASSES.names))
     children = {name[k]: {name[int(j)] for j in rel.children.targets(k)} for k in range(7)}
     ancestors = {name[k]: {name[int(j)] for j in rel.ancestors.targets(k)} for k in range(7)}
-    assert children == {"Grand": {"Parent", "Abstract"}, "Parent": {"Kid", "Zed"}, "Kid": set(), "Zed": set(), "Mid": set(),
-                        "Abstract": set(), "Q, a sound": set()}  # an abstract parent has no children
-    assert ancestors == {"Grand": set(), "Parent": {"Grand"}, "Kid": {"Parent", "Grand"},
-                         "Zed": {"Parent", "Grand"}, "Mid": {"Parent", "Grand"}, "Abstract": {"Grand"},
-                         "Q, a sound": set()}  # through NotInVocab, never through Abstract
+    assert children == {
+        "Grand": {"Parent", "Abstract"},
+        "Parent": {"Kid", "Zed"},
+        "Kid": set(),
+        "Zed": set(),
+        "Mid": set(),
+        "Abstract": set(),
+        "Q, a sound": set(),
+    }  # an abstract parent has no children
+    assert ancestors == {
+        "Grand": set(),
+        "Parent": {"Grand"},
+        "Kid": {"Parent", "Grand"},
+        "Zed": {"Parent", "Grand"},
+        "Mid": {"Parent", "Grand"},
+        "Abstract": {"Grand"},
+        "Q, a sound": set(),
+    }  # through NotInVocab, never through Abstract
 
 
 @pytest.mark.parametrize("types", TYPES, ids=["+".join(t) for t in TYPES])
@@ -219,8 +279,10 @@ def test_hand_enhancement(tmp_path, capsys, types):
     code, out, err = run_stage(capsys, *hand_args(tmp_path), "--set", f"labels.types=[{','.join(types)}]")
     assert code == 0, err
     got = read_label_sets(tmp_path / "out.csv")
-    want = {c: frozenset(ls) | frozenset().union(*(HAND_EXPECTED[t].get(c, set()) for t in types))
-            for c, (ls, _) in HAND_CLIPS.items()}
+    want = {
+        c: frozenset(ls) | frozenset().union(*(HAND_EXPECTED[t].get(c, set()) for t in types))
+        for c, (ls, _) in HAND_CLIPS.items()
+    }
     assert got == want
     added = sum(len(want[c]) - len(HAND_CLIPS[c][0]) for c in want)
     assert f"labels 6 -> {6 + added} (+{added}" in out and len(out.strip().splitlines()) == 1
@@ -228,7 +290,8 @@ def test_hand_enhancement(tmp_path, capsys, types):
     assert report["added_by_type"] == {t: sum(map(len, HAND_EXPECTED[t].values())) for t in types}
     pairs = {(p["type"], p["parent_name"], p["child_name"], p["count"]) for p in report["top_pairs"]}
     assert pairs == ({("type1", "Parent", "Kid", 1)} if "type1" in types else set()) | (
-        {("type2", "Grand", "Parent", 1), ("type2", "Grand", "Mid", 1)} if "type2" in types else set())
+        {("type2", "Grand", "Parent", 1), ("type2", "Grand", "Mid", 1)} if "type2" in types else set()
+    )
     zed = {c["mid"]: c for c in report["added_per_class"]}
     assert "/z" not in zed and "/q" not in zed and "/a" not in zed
 
@@ -269,9 +332,19 @@ def test_hand_thresholds_and_chunking():
 def test_none_passes_through(tmp_path, capsys):
     hand_data(tmp_path, extra_columns=True)
     # No scores, no ontology: enhance none needs neither.
-    code, out, err = run_stage(capsys, "--params", tmp_path / "params.yaml", "--manifest", tmp_path / "manifest.csv",
-                               "--classes", tmp_path / "classes.csv", "--out", tmp_path / "out.csv",
-                               "--set", "labels.enhance=none")
+    code, out, err = run_stage(
+        capsys,
+        "--params",
+        tmp_path / "params.yaml",
+        "--manifest",
+        tmp_path / "manifest.csv",
+        "--classes",
+        tmp_path / "classes.csv",
+        "--out",
+        tmp_path / "out.csv",
+        "--set",
+        "labels.enhance=none",
+    )
     assert code == 0, err
     assert (tmp_path / "out.csv").read_bytes() == (tmp_path / "manifest.csv").read_bytes()
     assert "labels 6 -> 6 (+0" in out
@@ -307,21 +380,29 @@ def test_predictions_file_matches_csv_matrix(tmp_path, capsys):
             code, _, err = run_stage(capsys, *hand_args(tmp_path, out, scores_file), "--set", f"labels.enhance={stat}")
             assert code == 0, err
         assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
-        assert (tmp_path / "a_report.json").read_text().replace("scores.csv", "X").replace("a.csv", "Y") == \
-            (tmp_path / "b_report.json").read_text().replace("preds.npz", "X").replace("b.csv", "Y")
+        assert (tmp_path / "a_report.json").read_text().replace("scores.csv", "X").replace("a.csv", "Y") == (
+            tmp_path / "b_report.json"
+        ).read_text().replace("preds.npz", "X").replace("b.csv", "Y")
     assert read_label_sets(tmp_path / "a.csv") != {c: frozenset(ls) for c, (ls, _) in clips.items()}  # did work
 
 
-@pytest.mark.parametrize("case", ["wrong_columns", "wrong_rows", "nan", "clip_mismatch", "missing_class",
-                                  "types_empty", "no_scores", "no_ontology"])
+@pytest.mark.parametrize(
+    "case",
+    ["wrong_columns", "wrong_rows", "nan", "clip_mismatch", "missing_class", "types_empty", "no_scores", "no_ontology"],
+)
 def test_bad_input_one_line(tmp_path, capsys, case):
     scores = hand_data(tmp_path)
     extra = []
-    expect = {"wrong_columns": "6 values, expected 7", "wrong_rows": "5 rows, but the manifest has 6 clips",
-              "nan": "non-finite score", "clip_mismatch": "no scores for clip c0",
-              "missing_class": "class '/q' (Q, a sound) of the class list is not in the ontology",
-              "types_empty": "types must name type1 and/or type2", "no_scores": "pass --scores",
-              "no_ontology": "pass --ontology"}[case]
+    expect = {
+        "wrong_columns": "6 values, expected 7",
+        "wrong_rows": "5 rows, but the manifest has 6 clips",
+        "nan": "non-finite score",
+        "clip_mismatch": "no scores for clip c0",
+        "missing_class": "class '/q' (Q, a sound) of the class list is not in the ontology",
+        "types_empty": "types must name type1 and/or type2",
+        "no_scores": "pass --scores",
+        "no_ontology": "pass --ontology",
+    }[case]
     args = hand_args(tmp_path)
     if case == "wrong_columns":
         np.savetxt(tmp_path / "scores.csv", scores[:, :6], delimiter=",", fmt="%.17g")
@@ -340,7 +421,7 @@ def test_bad_input_one_line(tmp_path, capsys, case):
     elif case in ("no_scores", "no_ontology"):
         flag = "--scores" if case == "no_scores" else "--ontology"
         i = args.index(flag)
-        del args[i:i + 2]
+        del args[i : i + 2]
     code, out, err = run_stage(capsys, *args, *extra)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and expect in err, err

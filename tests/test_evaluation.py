@@ -11,8 +11,17 @@ from mlflow.tracking import MlflowClient
 from pipeline.classes import ClassList, read_classes
 from pipeline.config import load_params
 from pipeline.errors import PipelineError
-from pipeline.evaluation import (EXTRA_ENSEMBLE, SEED_ENSEMBLE, Predictor, check_scores, evaluate_runs, load_split,
-                                 metrics_document, summary_table, write_outputs)
+from pipeline.evaluation import (
+    EXTRA_ENSEMBLE,
+    SEED_ENSEMBLE,
+    Predictor,
+    check_scores,
+    evaluate_runs,
+    load_split,
+    metrics_document,
+    summary_table,
+    write_outputs,
+)
 from pipeline.loader import Normaliser
 from pipeline.metrics import evaluate
 from pipeline.predictions import read_predictions
@@ -46,15 +55,18 @@ def evaluated(trained, tmp_path_factory):
     with torch.no_grad():
         result = evaluate_runs(params, runs, was, splits, classes, predictor, [extra])
     outputs = write_outputs(result, out / "metrics", out / "plots", out / "predictions")
-    return {"result": result, "outputs": outputs, "predictor": predictor, "extra": extra, "params": params,
-            "out": out}
+    return {"result": result, "outputs": outputs, "predictor": predictor, "extra": extra, "params": params, "out": out}
 
 
 def _predict(trained, path, split="eval"):
     payload = load_checkpoint(path)
-    scores, _ = predict(model_from_checkpoint(payload), tiny_params(trained / "data"),
-                        trained / "data" / "features" / f"{split}.h5", Normaliser(**payload["norm"]),
-                        torch.device("cpu"))
+    scores, _ = predict(
+        model_from_checkpoint(payload),
+        tiny_params(trained / "data"),
+        trained / "data" / "features" / f"{split}.h5",
+        Normaliser(**payload["norm"]),
+        torch.device("cpu"),
+    )
     return scores
 
 
@@ -63,8 +75,12 @@ def test_every_model_and_ensemble_with_its_members(evaluated, trained):
     expected = [f"seed-{s}/{k}" for s in SEEDS for k in KINDS] + [SEED_ENSEMBLE, EXTRA_ENSEMBLE]
     assert list(result.entries) == expected
     members = {name: e.members for name, e in result.entries.items()}
-    assert members == {**{f"seed-{s}/{k}": 1 for s in SEEDS for k in ("best", "last", "wa")},
-                       **{f"seed-{s}/checkpoint-ensemble": 2 for s in SEEDS}, SEED_ENSEMBLE: 2, EXTRA_ENSEMBLE: 3}
+    assert members == {
+        **{f"seed-{s}/{k}": 1 for s in SEEDS for k in ("best", "last", "wa")},
+        **{f"seed-{s}/checkpoint-ensemble": 2 for s in SEEDS},
+        SEED_ENSEMBLE: 2,
+        EXTRA_ENSEMBLE: 3,
+    }
     single = result.entries["seed-1/wa"].parameters
     assert single > 1e5 and result.entries[SEED_ENSEMBLE].parameters == 2 * single
     assert result.entries[EXTRA_ENSEMBLE].parameters == 3 * single
@@ -72,13 +88,14 @@ def test_every_model_and_ensemble_with_its_members(evaluated, trained):
     calls = evaluated["predictor"].calls
     assert len(calls) == 7 and len(set(calls)) == 7
     models = trained / "models"
-    assert sorted(calls) == sorted(str(p) for p in [*models.glob("seed-*/epoch_*.pt"), *models.glob("wa/*.pt"),
-                                                    evaluated["extra"]])
+    assert sorted(calls) == sorted(
+        str(p) for p in [*models.glob("seed-*/epoch_*.pt"), *models.glob("wa/*.pt"), evaluated["extra"]]
+    )
     for seed in SEEDS:
         best_epoch = load_checkpoint(trained / "models" / f"seed-{seed}" / "best.pt")["epoch"]
         assert result.entries[f"seed-{seed}/best"].detail["epoch"] == best_epoch
         assert result.entries[f"seed-{seed}/last"].detail["epoch"] == 2
-    for name, entry in result.entries.items():
+    for entry in result.entries.values():
         for split in result.splits:
             assert entry.metrics[split.name] == evaluate(split.labels, entry.scores[split.name], result.classes.mids)
 
@@ -92,14 +109,16 @@ def test_ensembles_are_the_means_of_their_members(evaluated, trained):
     np.testing.assert_allclose(seed_ensemble, np.mean(wa, axis=0), rtol=0, atol=1e-7)
     np.testing.assert_array_equal(result.entries["seed-1/wa"].scores["eval"], wa[0])
     epochs = [_predict(trained, models / "seed-1" / f"epoch_00{e}.pt") for e in (1, 2)]
-    np.testing.assert_allclose(result.entries["seed-1/checkpoint-ensemble"].scores["eval"], np.mean(epochs, axis=0),
-                               rtol=0, atol=1e-7)
+    np.testing.assert_allclose(
+        result.entries["seed-1/checkpoint-ensemble"].scores["eval"], np.mean(epochs, axis=0), rtol=0, atol=1e-7
+    )
     np.testing.assert_array_equal(result.entries["seed-1/last"].scores["eval"], epochs[1])
     best = result.entries["seed-1/best"].detail["epoch"]
     np.testing.assert_array_equal(result.entries["seed-1/best"].scores["eval"], epochs[best - 1])
     extra = _predict(trained, evaluated["extra"])
-    np.testing.assert_allclose(result.entries[EXTRA_ENSEMBLE].scores["eval"], np.mean([*wa, extra], axis=0),
-                               rtol=0, atol=1e-7)
+    np.testing.assert_allclose(
+        result.entries[EXTRA_ENSEMBLE].scores["eval"], np.mean([*wa, extra], axis=0), rtol=0, atol=1e-7
+    )
     val = [_predict(trained, models / "wa" / f"seed-{s}.pt", "val") for s in SEEDS]
     np.testing.assert_allclose(result.entries[SEED_ENSEMBLE].scores["val"], np.mean(val, axis=0), rtol=0, atol=1e-7)
 
@@ -132,8 +151,10 @@ def test_metrics_file_tables_predictions_and_plots(evaluated):
             assert (folder / f"{stem}.png").stat().st_size > 1000 and (folder / f"{stem}.csv").is_file()
         assert (folder / "pr_curves_classes.csv").is_file()
     per_epoch = (out / "plots" / "eval" / "map_per_epoch.csv").read_text().splitlines()
-    assert per_epoch[0] == ("epoch,seed-1,seed-2,seed-1/wa,seed-1/checkpoint-ensemble,seed-2/wa,"
-                            "seed-2/checkpoint-ensemble,seed-ensemble,extra-ensemble")
+    assert per_epoch[0] == (
+        "epoch,seed-1,seed-2,seed-1/wa,seed-1/checkpoint-ensemble,seed-2/wa,"
+        "seed-2/checkpoint-ensemble,seed-ensemble,extra-ensemble"
+    )
     assert len(per_epoch) == 3
     pr = (out / "plots" / "eval" / "pr_curves.csv").read_text().splitlines()
     assert pr[0].startswith("recall,best_1,") and "worst_1" in pr[0] and len(pr) == 102
@@ -172,8 +193,13 @@ def test_bad_models_are_one_line_errors(trained, tmp_path):
     params, classes, splits = _setup(trained)
     predictor = Predictor(params, splits, classes, "cpu")
     payload = load_checkpoint(trained / "models" / "seed-1" / "epoch_001.pt")
-    broken = {**payload, "model": {k: (torch.full_like(v, float("nan")) if k.startswith("attention.") else v)
-                                   for k, v in payload["model"].items()}}
+    broken = {
+        **payload,
+        "model": {
+            k: (torch.full_like(v, float("nan")) if k.startswith("attention.") else v)
+            for k, v in payload["model"].items()
+        },
+    }
     save_checkpoint(tmp_path / "nan.pt", broken)
     with pytest.raises(PipelineError, match=r"nan.pt: non-finite score \(nan\) .* damaged or diverged"):
         predictor(tmp_path / "nan.pt")
@@ -204,11 +230,32 @@ def test_evaluate_stage_end_to_end(trained, tmp_path, store_uri):
             train_runs[seed] = run_.run_id
     with stage_run(params, "train", {"role": "teacher", "seed": 1}):
         pass  # a teacher run with seed 1 must not be taken for seed 1's run
-    common = ["--params", str(TINY), "--set", f"data.root={data}", "--set", f"tracking.uri={store_uri}",
-              "--classes", str(data / "classes.csv"), "--features-dir", str(data / "features"), "--no-progress"]
-    proc = run_module("pipeline.stages.evaluate", *common, "--runs", *(str(models / f"seed-{s}") for s in SEEDS),
-                      "--wa", *(str(models / "wa" / f"seed-{s}.pt") for s in SEEDS), "--out-dir", "metrics",
-                      "--plots-dir", "plots/evaluate", cwd=tmp_path)
+    common = [
+        "--params",
+        str(TINY),
+        "--set",
+        f"data.root={data}",
+        "--set",
+        f"tracking.uri={store_uri}",
+        "--classes",
+        str(data / "classes.csv"),
+        "--features-dir",
+        str(data / "features"),
+        "--no-progress",
+    ]
+    proc = run_module(
+        "pipeline.stages.evaluate",
+        *common,
+        "--runs",
+        *(str(models / f"seed-{s}") for s in SEEDS),
+        "--wa",
+        *(str(models / "wa" / f"seed-{s}.pt") for s in SEEDS),
+        "--out-dir",
+        "metrics",
+        "--plots-dir",
+        "plots/evaluate",
+        cwd=tmp_path,
+    )
     lines = proc.stdout.splitlines()
     header = next(line for line in lines if line.startswith("model"))
     assert header.split() == ["model", "members", "params", "mAP", "AUC", "d-prime"]
@@ -233,21 +280,51 @@ def test_evaluate_stage_end_to_end(trained, tmp_path, store_uri):
     assert "plots/eval/map_per_epoch.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots/eval")}
 
 
-
 def test_evaluate_stage_bad_input_is_one_line(trained, tmp_path, capsys):
     from pipeline.stages.evaluate import main
 
     data, models = trained / "data", trained / "models"
-    common = ["--params", str(TINY), "--set", f"data.root={data}", "--set", "tracking.enabled=false",
-              "--features-dir", str(data / "features"), "--no-progress", "--out-dir", str(tmp_path / "bad")]
+    common = [
+        "--params",
+        str(TINY),
+        "--set",
+        f"data.root={data}",
+        "--set",
+        "tracking.enabled=false",
+        "--features-dir",
+        str(data / "features"),
+        "--no-progress",
+        "--out-dir",
+        str(tmp_path / "bad"),
+    ]
     (tmp_path / "classes.csv").write_text("index,mid,display_name\n0,/m/x,X\n")
     cases = [  # no --wa: <run>/wa.pt, which the average stage did not write; a class list of other classes
-        (["--runs", str(models / "seed-1"), "--classes", str(data / "classes.csv")],
-         "seed-1/wa.pt: checkpoint not found (run the average stage on"),
-        (["--runs", str(models / "seed-1"), "--wa", str(models / "wa" / "seed-1.pt"), "--classes",
-          str(tmp_path / "classes.csv")], "eval.h5: its 17 classes differ from the 1 of"),
-        (["--runs", str(models / "seed-1"), "--wa", *(str(models / "wa" / f"seed-{s}.pt") for s in SEEDS),
-          "--classes", str(data / "classes.csv")], "2 --wa checkpoints for 1 --runs"),
+        (
+            ["--runs", str(models / "seed-1"), "--classes", str(data / "classes.csv")],
+            "seed-1/wa.pt: checkpoint not found (run the average stage on",
+        ),
+        (
+            [
+                "--runs",
+                str(models / "seed-1"),
+                "--wa",
+                str(models / "wa" / "seed-1.pt"),
+                "--classes",
+                str(tmp_path / "classes.csv"),
+            ],
+            "eval.h5: its 17 classes differ from the 1 of",
+        ),
+        (
+            [
+                "--runs",
+                str(models / "seed-1"),
+                "--wa",
+                *(str(models / "wa" / f"seed-{s}.pt") for s in SEEDS),
+                "--classes",
+                str(data / "classes.csv"),
+            ],
+            "2 --wa checkpoints for 1 --runs",
+        ),
     ]
     for extra, message in cases:
         with pytest.raises(SystemExit) as exit_:

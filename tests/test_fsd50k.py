@@ -26,11 +26,20 @@ from tests.conftest import SHARED, run_module, write_params
 from tests.test_download import closed_port, serve
 
 SHARED_CLASSES = SHARED / "data" / "fsd50k" / "class_labels_indices.csv"
-VOCAB = [(0, "Accelerating_and_revving_and_vroom", "/m/07q2z82"), (1, "Accordion", "/m/0mkg"),
-         (2, "Acoustic_guitar", "/m/042v_gx"), (3, "Aircraft", "/m/0k5j")]
+VOCAB = [
+    (0, "Accelerating_and_revving_and_vroom", "/m/07q2z82"),
+    (1, "Accordion", "/m/0mkg"),
+    (2, "Acoustic_guitar", "/m/042v_gx"),
+    (3, "Aircraft", "/m/0k5j"),
+]
 DEV = [  # fname, mids, split
-    ("64760", "/m/0mkg", "train"), ("16399", "/m/042v_gx,/m/0mkg", "train"), ("16401", "/m/0k5j", "val"),
-    ("16402", "/m/07q2z82", "train"), ("20", "/m/0k5j,/m/07q2z82", "val"), ("21", "/m/0mkg", "train")]
+    ("64760", "/m/0mkg", "train"),
+    ("16399", "/m/042v_gx,/m/0mkg", "train"),
+    ("16401", "/m/0k5j", "val"),
+    ("16402", "/m/07q2z82", "train"),
+    ("20", "/m/0k5j,/m/07q2z82", "val"),
+    ("21", "/m/0mkg", "train"),
+]
 EVAL = [("37199", "/m/0k5j"), ("175151", "/m/042v_gx,/m/0mkg")]
 ONTOLOGY = [{"id": m, "name": n, "child_ids": []} for _, n, m in VOCAB]
 
@@ -56,29 +65,35 @@ def split_zip(data: bytes, parts: int) -> list[bytes]:
     _, _, _, _, count, cd_size, cd_offset, _ = struct.unpack_from("<4s4H2LH", data, eocd)
     body = b"PK\x07\x08" + data[:cd_offset]
     starts = [len(body) * i // parts for i in range(parts)]
-    central, pos, new_cd = data[cd_offset:cd_offset + cd_size], 0, b""
+    central, pos, new_cd = data[cd_offset : cd_offset + cd_size], 0, b""
     while pos < len(central):
         fields = list(struct.unpack_from("<4s4B4HL2L5H2L", central, pos))
         size = 46 + fields[12] + fields[13] + fields[14]
         absolute = fields[18] + 4
         disk = max(i for i, s in enumerate(starts) if s <= absolute)
         fields[15], fields[18] = disk, absolute - starts[disk]
-        new_cd += struct.pack("<4s4B4HL2L5H2L", *fields) + central[pos + 46:pos + size]
+        new_cd += struct.pack("<4s4B4HL2L5H2L", *fields) + central[pos + 46 : pos + size]
         pos += size
     chunks = [body[s:e] for s, e in zip(starts, starts[1:] + [len(body)])]
     last = parts - 1
-    chunks[-1] += new_cd + struct.pack("<4s4H2LH", b"PK\x05\x06", last, last, count, count, len(new_cd),
-                                       len(chunks[-1]), 0)
+    chunks[-1] += new_cd + struct.pack(
+        "<4s4H2LH", b"PK\x05\x06", last, last, count, count, len(new_cd), len(chunks[-1]), 0
+    )
     return chunks
 
 
 def _release(vocab=VOCAB, dev=DEV, extra_dev_rows="") -> dict[str, bytes]:
-    vocabulary = "".join(f'{i},{n},{m}\n' for i, n, m in vocab)
+    vocabulary = "".join(f"{i},{n},{m}\n" for i, n, m in vocab)
     dev_csv = "fname,labels,mids,split\n" + "".join(f'{f},"x","{m}",{s}\n' for f, m, s in dev) + extra_dev_rows
     eval_csv = "fname,labels,mids\n" + "".join(f'{f},"x","{m}"\n' for f, m in EVAL)
-    files = {"FSD50K.ground_truth.zip": _zip({f"FSD50K.ground_truth/{k}": v.encode() for k, v in
-                                              (("vocabulary.csv", vocabulary), ("dev.csv", dev_csv),
-                                               ("eval.csv", eval_csv))})}
+    files = {
+        "FSD50K.ground_truth.zip": _zip(
+            {
+                f"FSD50K.ground_truth/{k}": v.encode()
+                for k, v in (("vocabulary.csv", vocabulary), ("dev.csv", dev_csv), ("eval.csv", eval_csv))
+            }
+        )
+    }
     dev_zip = _zip({f"FSD50K.dev_audio/{f}.wav": _wav(0.3 + 0.05 * i, i) for i, (f, _, _) in enumerate(dev)})
     eval_zip = _zip({f"FSD50K.eval_audio/{f}.wav": _wav(0.4, 9 + i) for i, (f, _) in enumerate(EVAL)})
     for kind, data, parts in (("dev", dev_zip, 3), ("eval", eval_zip, 2)):
@@ -112,10 +127,15 @@ def zenodo():
 def _tree(tmp_path, remote=None, **cfg):
     base = {"dev_parts": 2, "eval_parts": 1, "backoff_s": 0.01}
     if remote is not None:
-        base.update(base_url=remote.url("records/4060432/files"), record_url=remote.url("api/records/4060432"),
-                    ontology_url=remote.url("ontology.json"))
-    return {"data": {"dataset": "fsd50k", "root": str(tmp_path / "data"), "fsd50k": {**base, **cfg}},
-            "tracking": {"enabled": False}}
+        base.update(
+            base_url=remote.url("records/4060432/files"),
+            record_url=remote.url("api/records/4060432"),
+            ontology_url=remote.url("ontology.json"),
+        )
+    return {
+        "data": {"dataset": "fsd50k", "root": str(tmp_path / "data"), "fsd50k": {**base, **cfg}},
+        "tracking": {"enabled": False},
+    }
 
 
 def _params(tmp_path, remote=None, **cfg):
@@ -127,8 +147,14 @@ def _prepare_all(params, tmp_path):
     out = {}
     for split in ("train", "val", "eval"):
         listing = list_split(params, split, classes)
-        out[split] = prepare_split(listing, dataset="fsd50k", audio_dir=tmp_path / "data/audio" / split,
-                                   root=tmp_path / "data", on_bad="skip", progress=False)
+        out[split] = prepare_split(
+            listing,
+            dataset="fsd50k",
+            audio_dir=tmp_path / "data/audio" / split,
+            root=tmp_path / "data",
+            on_bad="skip",
+            progress=False,
+        )
     return classes, ontology, out
 
 
@@ -139,11 +165,14 @@ def test_release_over_http_becomes_manifests_with_the_official_split(tmp_path, z
     assert ontology == ONTOLOGY
     manifests = {split: manifest for split, (manifest, _) in out.items()}
     assert [(e.clip_id, e.labels) for e in manifests["train"]] == [
-        ("64760", ("/m/0mkg",)), ("16399", ("/m/042v_gx", "/m/0mkg")), ("16402", ("/m/07q2z82",)),
-        ("21", ("/m/0mkg",))]
+        ("64760", ("/m/0mkg",)),
+        ("16399", ("/m/042v_gx", "/m/0mkg")),
+        ("16402", ("/m/07q2z82",)),
+        ("21", ("/m/0mkg",)),
+    ]
     assert [e.clip_id for e in manifests["val"]] == ["16401", "20"]  # the official validation split
     assert [e.clip_id for e in manifests["eval"]] == ["37199", "175151"]
-    for split, manifest in manifests.items():
+    for manifest in manifests.values():
         for entry in manifest:
             info = sf.info(str(tmp_path / "data" / entry.audio))
             assert (info.samplerate, info.channels, info.format) == (16000, 1, "FLAC")
@@ -195,12 +224,19 @@ def test_local_extracted_release_needs_no_network(tmp_path):
         (release / "FSD50K.dev_audio" / f"{fname}.wav").write_bytes(_wav(0.3, i))
     (release / "ontology.json").write_text(json.dumps(ONTOLOGY))
     dead = f"http://127.0.0.1:{closed_port()}"
-    params = _params(tmp_path, release_dir=str(release), source="local", base_url=dead, record_url=dead,
-                     ontology_url=dead)
+    params = _params(
+        tmp_path, release_dir=str(release), source="local", base_url=dead, record_url=dead, ontology_url=dead
+    )
     classes, _ = class_metadata(params)
     listing = list_split(params, "val", classes)
-    manifest, report = prepare_split(listing, dataset="fsd50k", audio_dir=tmp_path / "data/audio/val",
-                                     root=tmp_path / "data", on_bad="skip", progress=False)
+    manifest, report = prepare_split(
+        listing,
+        dataset="fsd50k",
+        audio_dir=tmp_path / "data/audio/val",
+        root=tmp_path / "data",
+        on_bad="skip",
+        progress=False,
+    )
     assert [e.clip_id for e in manifest] == ["16401", "20"] and report.skipped == 0
     with pytest.raises(PipelineError, match="FSD50K.eval_audio: not found.*source=local"):
         list_split(params, "eval", classes)
@@ -214,8 +250,11 @@ def test_reassembles_split_zips_written_by_info_zip(tmp_path, zip64):
     rng = np.random.default_rng(0)
     for i in range(5):
         (source / f"{i}.wav").write_bytes(rng.integers(0, 256, 40000, dtype=np.uint8).tobytes())
-    subprocess.run(["zip", "-q", "-r", "-s", "64k", *(["-fz"] if zip64 else []), "FSD50K.dev_audio.zip",
-                    "FSD50K.dev_audio"], cwd=tmp_path, check=True)
+    subprocess.run(
+        ["zip", "-q", "-r", "-s", "64k", *(["-fz"] if zip64 else []), "FSD50K.dev_audio.zip", "FSD50K.dev_audio"],
+        cwd=tmp_path,
+        check=True,
+    )
     parts = sorted(tmp_path.glob("FSD50K.dev_audio.z[0-9]*")) + [tmp_path / "FSD50K.dev_audio.zip"]
     assert len(parts) >= 3
     out = reassemble_split_zip(parts, tmp_path / "joined.zip")
@@ -248,8 +287,16 @@ def test_class_list_is_the_200_classes_in_vocabulary_order(tmp_path):
     served["ontology.json"] = json.dumps(ONTOLOGY).encode()
     with serve(served) as remote:
         params = write_params(tmp_path / "params.yaml", _tree(tmp_path, remote))
-        run_module("pipeline.stages.metadata", "--params", str(params), "--classes", str(tmp_path / "classes.csv"),
-                   "--ontology", str(tmp_path / "ontology.json"), cwd=tmp_path)
+        run_module(
+            "pipeline.stages.metadata",
+            "--params",
+            str(params),
+            "--classes",
+            str(tmp_path / "classes.csv"),
+            "--ontology",
+            str(tmp_path / "ontology.json"),
+            cwd=tmp_path,
+        )
     with open(tmp_path / "classes.csv", newline="") as handle:
         written = [(int(r["index"]), r["display_name"], r["mid"]) for r in csv.DictReader(handle)]
     assert written == expected
@@ -257,11 +304,15 @@ def test_class_list_is_the_200_classes_in_vocabulary_order(tmp_path):
 
 def test_cli_offline_stops_with_one_line(tmp_path):
     dead = f"http://127.0.0.1:{closed_port()}"
-    params = write_params(tmp_path / "params.yaml", _tree(tmp_path, base_url=dead, record_url=f"{dead}/api",
-                                                          ontology_url=f"{dead}/ontology.json"))
+    params = write_params(
+        tmp_path / "params.yaml",
+        _tree(tmp_path, base_url=dead, record_url=f"{dead}/api", ontology_url=f"{dead}/ontology.json"),
+    )
     (tmp_path / "classes.csv").write_text('index,mid,display_name\n0,/m/0mkg,"Accordion"\n')
-    for module, args in (("pipeline.stages.metadata", ["--classes", "c.csv", "--ontology", "o.json"]),
-                         ("pipeline.stages.prepare", ["--split", "train", "--classes", "classes.csv"])):
+    for module, args in (
+        ("pipeline.stages.metadata", ["--classes", "c.csv", "--ontology", "o.json"]),
+        ("pipeline.stages.prepare", ["--split", "train", "--classes", "classes.csv"]),
+    ):
         proc = run_module(module, "--params", str(params), *args, cwd=tmp_path, check=False)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -276,10 +327,14 @@ def test_download_command_gets_the_whole_release(tmp_path, zenodo, capsys):
     release = tmp_path / "data/downloads/fsd50k"
     assert capsys.readouterr().out.splitlines() == [
         f"FSD50K dev audio: {release / 'FSD50K.dev_audio.unsplit.zip'}",
-        f"FSD50K eval audio: {release / 'FSD50K.eval_audio.unsplit.zip'}"]
+        f"FSD50K eval audio: {release / 'FSD50K.eval_audio.unsplit.zip'}",
+    ]
     assert sorted(p.name for p in release.iterdir() if not p.name.startswith(".")) == [
-        "FSD50K.dev_audio.unsplit.zip", "FSD50K.eval_audio.unsplit.zip", "FSD50K.ground_truth",
-        "FSD50K.ground_truth.zip"]
+        "FSD50K.dev_audio.unsplit.zip",
+        "FSD50K.eval_audio.unsplit.zip",
+        "FSD50K.ground_truth",
+        "FSD50K.ground_truth.zip",
+    ]
 
 
 def test_items_read_straight_from_the_reassembled_zip(tmp_path, zenodo):

@@ -25,8 +25,9 @@ def features(tmp_path):
 
 
 def _params(**train):
-    return Params.model_validate({"train": {"batch_size": 8, "num_workers": 2, **train},
-                                  "augment": {"freqm": 4, "timem": 10, "mixup": 0.5}})
+    return Params.model_validate(
+        {"train": {"batch_size": 8, "num_workers": 2, **train}, "augment": {"freqm": 4, "timem": 10, "mixup": 0.5}}
+    )
 
 
 def test_items_match_the_file_and_the_handle_opens_lazily_per_process(features):
@@ -52,8 +53,10 @@ def test_training_batches_are_deterministic_for_a_seed(features):
 
     def run(seed):
         loader = train_loader(params, FeatureDataset(features), weights, seed=seed)
-        return [(x.clone(), y.clone()) for x, y in device_batches(loader, params, norm, "cpu",
-                                                                  torch.Generator().manual_seed(seed))]
+        return [
+            (x.clone(), y.clone())
+            for x, y in device_batches(loader, params, norm, "cpu", torch.Generator().manual_seed(seed))
+        ]
 
     a, b, c = run(1), run(1), run(2)
     assert len(a) == 5 and a[0][0].shape == (8, 50, 16) and a[0][0].dtype == torch.float32
@@ -65,8 +68,11 @@ def test_training_batches_are_deterministic_for_a_seed(features):
 
 def test_eval_batches_are_only_normalised(features):
     params, norm = _params(num_workers=0), Normaliser(-5.0, 3.0)
-    batches = list(device_batches(eval_loader(params, FeatureDataset(features)), params, norm, "cpu",
-                                  torch.Generator(), train=False))
+    batches = list(
+        device_batches(
+            eval_loader(params, FeatureDataset(features)), params, norm, "cpu", torch.Generator(), train=False
+        )
+    )
     with h5py.File(features) as h:
         expected = (torch.from_numpy(h["fbank"][:]).float() + 5.0) / 3.0
         labels = torch.from_numpy(h["labels"][:]).float()

@@ -22,8 +22,9 @@ from tests.conftest import SHARED, run_module, write_params
 
 FIXTURE = SHARED / "reference" / "label-fixture"
 AUDIOSET_CLASSES = SHARED / "data" / "audioset" / "class_labels_indices.csv"
-needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir() or not AUDIOSET_CLASSES.is_file(),
-                                   reason="../shared/reference is not present")
+needs_fixture = pytest.mark.skipif(
+    not FIXTURE.is_dir() or not AUDIOSET_CLASSES.is_file(), reason="../shared/reference is not present"
+)
 
 
 def sklearn_per_class(labels, scores):
@@ -48,11 +49,26 @@ def sklearn_per_class(labels, scores):
 def test_score_stage_matches_official(tmp_path, store_uri):
     params = write_params(tmp_path / "params.yaml", {"tracking": {"uri": store_uri}})
     out, per_class = tmp_path / "metrics.json", tmp_path / "per_class.csv"
-    proc = run_module("pipeline.stages.score", "--params", str(params), "--scores", str(FIXTURE / "teacher_scores.csv"),
-                      "--manifest", str(FIXTURE / "labels.csv"), "--classes", str(AUDIOSET_CLASSES),
-                      "--out", str(out), "--per-class-csv", str(per_class), cwd=tmp_path)
+    proc = run_module(
+        "pipeline.stages.score",
+        "--params",
+        str(params),
+        "--scores",
+        str(FIXTURE / "teacher_scores.csv"),
+        "--manifest",
+        str(FIXTURE / "labels.csv"),
+        "--classes",
+        str(AUDIOSET_CLASSES),
+        "--out",
+        str(out),
+        "--per-class-csv",
+        str(per_class),
+        cwd=tmp_path,
+    )
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mAP 0.") and "(3000 clips, 527 classes scored, 0 without" in lines[0]
+    assert (
+        len(lines) == 1 and lines[0].startswith("mAP 0.") and "(3000 clips, 527 classes scored, 0 without" in lines[0]
+    )
 
     ours = json.loads(out.read_text())
     official = json.loads((FIXTURE / "official" / "metrics.json").read_text())
@@ -88,12 +104,27 @@ def test_predictions_file_in_another_order_scores_the_same(tmp_path):
     scores = np.loadtxt(FIXTURE / "teacher_scores.csv", delimiter=",").astype(np.float32)
     order = np.random.default_rng(0).permutation(len(entries))
     extra = np.random.default_rng(1).random((5, len(classes)), dtype=np.float32)
-    write_predictions(tmp_path / "preds.npz", np.concatenate([scores[order], extra]),
-                      [entries[i].clip_id for i in order] + [f"extra{i}" for i in range(5)], classes.mids)
+    write_predictions(
+        tmp_path / "preds.npz",
+        np.concatenate([scores[order], extra]),
+        [entries[i].clip_id for i in order] + [f"extra{i}" for i in range(5)],
+        classes.mids,
+    )
     params = write_params(tmp_path / "params.yaml", {"tracking": {"enabled": False}})
-    run_module("pipeline.stages.score", "--params", str(params), "--scores", str(tmp_path / "preds.npz"),
-               "--manifest", str(FIXTURE / "labels.csv"), "--classes", str(AUDIOSET_CLASSES),
-               "--out", str(tmp_path / "m.json"), cwd=tmp_path)
+    run_module(
+        "pipeline.stages.score",
+        "--params",
+        str(params),
+        "--scores",
+        str(tmp_path / "preds.npz"),
+        "--manifest",
+        str(FIXTURE / "labels.csv"),
+        "--classes",
+        str(AUDIOSET_CLASSES),
+        "--out",
+        str(tmp_path / "m.json"),
+        cwd=tmp_path,
+    )
     got = json.loads((tmp_path / "m.json").read_text())
     want = evaluate(label_matrix(entries, classes), scores, classes.mids)
     assert got["mAP"] == want["mAP"] and got["mAUC"] == want["mAUC"] and got["per_class_AP"] == want["per_class_AP"]
@@ -108,14 +139,14 @@ def test_equal_to_sklearn_with_ties_and_missing_classes(seed):
     rng = np.random.default_rng(seed)
     n, c = int(rng.integers(50, 400)), 23
     labels = (rng.random((n, c)) < rng.uniform(0.02, 0.4, size=c)).astype(np.uint8)
-    labels[:, :3] = 0                    # classes without positives
-    labels[:, 3] = 1                     # a class without negatives
-    labels[: n // 2, 4] = 1              # a class whose positives all tie with negatives
-    labels[n // 2:, 4] = 0
+    labels[:, :3] = 0  # classes without positives
+    labels[:, 3] = 1  # a class without negatives
+    labels[: n // 2, 4] = 1  # a class whose positives all tie with negatives
+    labels[n // 2 :, 4] = 0
     scores = np.round(rng.random((n, c)), int(rng.integers(0, 3)))  # heavy ties: 2, 11 or 101 distinct values
-    scores[rng.random((n, c)) < 0.1] = -0.0                          # -0.0 ties with 0.0, as in sklearn
+    scores[rng.random((n, c)) < 0.1] = -0.0  # -0.0 ties with 0.0, as in sklearn
     scores[:, 4] = 0.5
-    scores[:, 5] = labels[:, 5] + rng.normal(0, 0.3, n)              # continuous, nearly separable
+    scores[:, 5] = labels[:, 5] + rng.normal(0, 0.3, n)  # continuous, nearly separable
     scores = scores.astype(np.float32 if seed % 2 else np.float64)
 
     want_ap, want_auc = sklearn_per_class(labels, scores)
@@ -193,10 +224,12 @@ def test_csv_matrix_checks(tmp_path):
     path = tmp_path / "s.csv"
     path.write_text("0.1,0.2\n0.3,0.4\n0.5,0.6\n")
     assert load_scores_for(path, entries, ["/m/a", "/m/b"]).shape == (3, 2)
-    for text, pattern in [("0.1,0.2\n0.3,0.4\n", "2 rows, but the manifest has 3 clips"),
-                          ("0.1,0.2\n0.3\n0.5,0.6\n", "line 2: 1 values, expected 2"),
-                          ("a,b\n0.1,0.2\n0.3,0.4\n", "line 1, column 1: 'a' is not a number"),
-                          ("0.1,0.2\n0.3,inf\n0.5,0.6\n", "line 2 holds a non-finite score")]:
+    for text, pattern in [
+        ("0.1,0.2\n0.3,0.4\n", "2 rows, but the manifest has 3 clips"),
+        ("0.1,0.2\n0.3\n0.5,0.6\n", "line 2: 1 values, expected 2"),
+        ("a,b\n0.1,0.2\n0.3,0.4\n", "line 1, column 1: 'a' is not a number"),
+        ("0.1,0.2\n0.3,inf\n0.5,0.6\n", "line 2 holds a non-finite score"),
+    ]:
         path.write_text(text)
         with pytest.raises(PipelineError, match=pattern):
             load_scores_for(path, entries, ["/m/a", "/m/b"])
@@ -214,14 +247,32 @@ def small(tmp_path):
     write_manifest(tmp_path / "eval.csv", entries)
     params = write_params(tmp_path / "params.yaml", {"tracking": {"enabled": False}})
     scores = np.random.default_rng(0).random((8, 3))
-    return {"dir": tmp_path, "classes": classes, "manifest": tmp_path / "eval.csv", "params": params,
-            "scores": scores, "clips": [e.clip_id for e in entries]}
+    return {
+        "dir": tmp_path,
+        "classes": classes,
+        "manifest": tmp_path / "eval.csv",
+        "params": params,
+        "scores": scores,
+        "clips": [e.clip_id for e in entries],
+    }
 
 
 def _score(small, scores_path):
-    return run_module("pipeline.stages.score", "--params", str(small["params"]), "--scores", str(scores_path),
-                      "--manifest", str(small["manifest"]), "--classes", str(small["classes"]),
-                      "--out", str(small["dir"] / "m.json"), cwd=small["dir"], check=False)
+    return run_module(
+        "pipeline.stages.score",
+        "--params",
+        str(small["params"]),
+        "--scores",
+        str(scores_path),
+        "--manifest",
+        str(small["manifest"]),
+        "--classes",
+        str(small["classes"]),
+        "--out",
+        str(small["dir"] / "m.json"),
+        cwd=small["dir"],
+        check=False,
+    )
 
 
 def _write_csv(path, matrix):
@@ -241,8 +292,12 @@ def test_score_stage_one_line_errors(small, case):
         path, expect = _write_csv(d / "s.csv", scores[:, :2]), ["s.csv", "line 1", "2 values, expected 3"]
     elif case == "missing_clip":
         path = d / "p.npz"
-        write_predictions(path, scores[[0, 1, 2, 4, 5, 6, 7]], [small["clips"][i] for i in (0, 1, 2, 4, 5, 6, 7)],
-                          ["/m/a", "/m/b", "/m/c"])
+        write_predictions(
+            path,
+            scores[[0, 1, 2, 4, 5, 6, 7]],
+            [small["clips"][i] for i in (0, 1, 2, 4, 5, 6, 7)],
+            ["/m/a", "/m/b", "/m/c"],
+        )
         expect = ["p.npz", "no scores for clip c3", "1 of the manifest's 8 clips"]
     else:
         path = d / "p.h5"

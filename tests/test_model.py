@@ -10,8 +10,15 @@ import torch
 
 from pipeline.config import Model
 from pipeline.errors import PipelineError
-from pipeline.model import (MHeadAttention, PSLAModel, count_parameters, create_model, describe, lite_weights_file,
-                            map_lite_state)
+from pipeline.model import (
+    MHeadAttention,
+    PSLAModel,
+    count_parameters,
+    create_model,
+    describe,
+    lite_weights_file,
+    map_lite_state,
+)
 from tests.conftest import run_module, write_params
 
 LITE0 = "tf_efficientnet_lite0"
@@ -77,8 +84,13 @@ def test_describe_records_the_model():
 
 def backbone_state(in_chans: int, num_classes: int = 0, name: str = LITE0) -> dict[str, torch.Tensor]:
     torch.manual_seed(123)
-    net = timm.create_model(name, pretrained=False, num_classes=num_classes, global_pool="" if num_classes == 0 else "avg",
-                            in_chans=in_chans)
+    net = timm.create_model(
+        name,
+        pretrained=False,
+        num_classes=num_classes,
+        global_pool="" if num_classes == 0 else "avg",
+        in_chans=in_chans,
+    )
     return {k: v.clone() for k, v in net.state_dict().items()}
 
 
@@ -168,8 +180,9 @@ def test_a_foreign_weights_file_is_a_one_line_error(tmp_path, content):
 
 def test_cli_prints_the_parameter_count(tmp_path):
     write_params(tmp_path / "params.yaml", {})
-    proc = run_module("pipeline.model", "--set", f"model.name={LITE0}", "--set", "model.heads=4", "--classes", "17",
-                      cwd=tmp_path)
+    proc = run_module(
+        "pipeline.model", "--set", f"model.name={LITE0}", "--set", "model.heads=4", "--classes", "17", cwd=tmp_path
+    )
     expected = count_parameters(create_model(lite0(heads=4), 17))
     assert proc.stdout.strip() == f"{LITE0}, 4 heads, 17 classes: {expected:,} parameters ({expected / 1e6:.1f}M)"
 

@@ -14,14 +14,33 @@ from tests.conftest import REPO, run_module, write_params
 
 def _prepare(tmp_path, params, split, *extra, check=True):
     data = tmp_path / "data"
-    return run_module("pipeline.stages.prepare", "--params", str(params), "--split", split,
-                      "--classes", str(data / "classes.csv"), "--no-progress", *extra, cwd=tmp_path, check=check)
+    return run_module(
+        "pipeline.stages.prepare",
+        "--params",
+        str(params),
+        "--split",
+        split,
+        "--classes",
+        str(data / "classes.csv"),
+        "--no-progress",
+        *extra,
+        cwd=tmp_path,
+        check=check,
+    )
 
 
 def _metadata(tmp_path, params):
     data = tmp_path / "data"
-    run_module("pipeline.stages.metadata", "--params", str(params), "--classes", str(data / "classes.csv"),
-               "--ontology", str(data / "ontology.json"), cwd=tmp_path)
+    run_module(
+        "pipeline.stages.metadata",
+        "--params",
+        str(params),
+        "--classes",
+        str(data / "classes.csv"),
+        "--ontology",
+        str(data / "ontology.json"),
+        cwd=tmp_path,
+    )
 
 
 def test_folder_dataset_skip_policy_records_every_bad_input_and_reconciles(tmp_path, folder_dataset):
@@ -45,7 +64,10 @@ def test_folder_dataset_skip_policy_records_every_bad_input_and_reconciles(tmp_p
 
     train = read_manifest(tmp_path / "data/manifests/train.csv")
     assert [(e.clip_id, e.labels) for e in train] == [
-        ("good1", ("/m/09x0r",)), ("good2", ("/m/04rlf",)), ("good3", ("/m/05zppz", "/m/04rlf"))]
+        ("good1", ("/m/09x0r",)),
+        ("good2", ("/m/04rlf",)),
+        ("good3", ("/m/05zppz", "/m/04rlf")),
+    ]
     for entry in train + read_manifest(tmp_path / "data/manifests/eval.csv"):
         path = tmp_path / "data" / entry.audio  # audio is relative to the data root
         info = sf.info(str(path))
@@ -73,16 +95,47 @@ def test_fail_policy_stops_at_the_first_bad_file_with_one_line(tmp_path, folder_
 def test_sharded_prepare_merges_to_the_unsharded_result(tmp_path, tiny_params):
     _metadata(tmp_path, tiny_params)
     whole = tmp_path / "data" / "whole"
-    _prepare(tmp_path, tiny_params, "train", "--audio-dir", str(whole / "audio"),
-             "--manifest", str(whole / "train.csv"), "--report", str(whole / "train.json"))
+    _prepare(
+        tmp_path,
+        tiny_params,
+        "train",
+        "--audio-dir",
+        str(whole / "audio"),
+        "--manifest",
+        str(whole / "train.csv"),
+        "--report",
+        str(whole / "train.json"),
+    )
     parts = tmp_path / "data" / "parts"
     for i in range(3):
-        _prepare(tmp_path, tiny_params, "train", "--shard", f"{i}/3", "--audio-dir", str(parts / "audio"),
-                 "--manifest", str(parts / "train.csv"), "--report", str(parts / "train.json"))
+        _prepare(
+            tmp_path,
+            tiny_params,
+            "train",
+            "--shard",
+            f"{i}/3",
+            "--audio-dir",
+            str(parts / "audio"),
+            "--manifest",
+            str(parts / "train.csv"),
+            "--report",
+            str(parts / "train.json"),
+        )
     assert sorted(str(p.relative_to(parts)) for p in parts.glob("train.shards/*")) == sorted(
-        f"train.shards/{i}.{ext}" for i in range(3) for ext in ("csv", "json"))
-    _prepare(tmp_path, tiny_params, "train", "--merge", "--set", "data.shards=[0, 1, 2]", "--manifest", str(parts / "train.csv"),
-             "--report", str(parts / "train.json"))
+        f"train.shards/{i}.{ext}" for i in range(3) for ext in ("csv", "json")
+    )
+    _prepare(
+        tmp_path,
+        tiny_params,
+        "train",
+        "--merge",
+        "--set",
+        "data.shards=[0, 1, 2]",
+        "--manifest",
+        str(parts / "train.csv"),
+        "--report",
+        str(parts / "train.json"),
+    )
     merged, single = read_manifest(parts / "train.csv"), read_manifest(whole / "train.csv")
     assert [(e.clip_id, e.labels) for e in merged] == [(e.clip_id, e.labels) for e in single]
     assert len(merged) == 24
@@ -102,13 +155,25 @@ def test_merge_with_a_missing_shard_is_a_one_line_error(tmp_path, tiny_params):
 
 
 def test_interrupted_prepare_leaves_only_whole_files_and_resumes(tmp_path):
-    tree = {"data": {"root": str(tmp_path / "data"), "demo": {"n_train": 400, "clip_seconds": 2.0}},
-            "tracking": {"enabled": False}}
+    tree = {
+        "data": {"root": str(tmp_path / "data"), "demo": {"n_train": 400, "clip_seconds": 2.0}},
+        "tracking": {"enabled": False},
+    }
     params = write_params(tmp_path / "params.yaml", tree)
     _metadata(tmp_path, params)
     audio = tmp_path / "data/audio/train"
-    cmd = [sys.executable, "-m", "pipeline.stages.prepare", "--params", str(params), "--split", "train",
-           "--classes", str(tmp_path / "data/classes.csv"), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.stages.prepare",
+        "--params",
+        str(params),
+        "--split",
+        "train",
+        "--classes",
+        str(tmp_path / "data/classes.csv"),
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
 
     def finished_clips():  # pathlib's "*" also matches the hidden temporaries being written

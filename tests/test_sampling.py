@@ -11,8 +11,16 @@ import pytest
 from pipeline.classes import ClassList
 from pipeline.errors import PipelineError
 from pipeline.manifest import Entry, read_manifest
-from pipeline.sampling import (BalancedSampler, ShuffleSampler, label_matrix, make_sampler, read_weights,
-                               sample_weights, weights_by_clip, write_weights)
+from pipeline.sampling import (
+    BalancedSampler,
+    ShuffleSampler,
+    label_matrix,
+    make_sampler,
+    read_weights,
+    sample_weights,
+    weights_by_clip,
+    write_weights,
+)
 from tests.conftest import SHARED, needs_shared, run_module, write_params
 
 FIXTURE = SHARED / "reference" / "label-fixture"
@@ -41,8 +49,18 @@ def naive_weights(entries, mids):
 def test_weights_stage_matches_official(tmp_path, store_uri):
     params = write_params(tmp_path / "params.yaml", {"tracking": {"uri": store_uri}})
     out = tmp_path / "weights.csv"
-    proc = run_module("pipeline.stages.weights", "--params", str(params), "--manifest", str(FIXTURE / "labels.csv"),
-                      "--classes", str(AUDIOSET_CLASSES), "--out", str(out), cwd=tmp_path)
+    proc = run_module(
+        "pipeline.stages.weights",
+        "--params",
+        str(params),
+        "--manifest",
+        str(FIXTURE / "labels.csv"),
+        "--classes",
+        str(AUDIOSET_CLASSES),
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     assert len(proc.stdout.strip().splitlines()) == 1 and "3000 clips" in proc.stdout
 
     ours = read_csv(out)
@@ -77,8 +95,19 @@ def test_weights_stage_unknown_label(tmp_path):
     manifest = tmp_path / "train.csv"
     manifest.write_text('clip_id,audio,labels\nc0,a.flac,"/m/a"\nc1,b.flac,"/m/b,/m/zzz"\n')
     out = tmp_path / "weights.csv"
-    proc = run_module("pipeline.stages.weights", "--params", str(params), "--manifest", str(manifest),
-                      "--classes", str(classes), "--out", str(out), cwd=tmp_path, check=False)
+    proc = run_module(
+        "pipeline.stages.weights",
+        "--params",
+        str(params),
+        "--manifest",
+        str(manifest),
+        "--classes",
+        str(classes),
+        "--out",
+        str(out),
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -163,8 +192,11 @@ def test_balanced_sampler_flattens_long_tail(multi_label):
     balanced = class_draw_cv(BalancedSampler(weights, seed=3), labels, epochs=5)
     shuffled = class_draw_cv(ShuffleSampler(len(labels), seed=3), labels, epochs=5)
     counts = labels.sum(0)
-    print(f"{'multi' if multi_label else 'single'}-label, {len(labels)} clips, class sizes {counts.max()}..{counts.min()}: "
-          f"CV of per-class draws balanced {balanced:.3f} vs shuffle {shuffled:.3f} (ratio {balanced / shuffled:.3f})")
+    print(
+        f"{'multi' if multi_label else 'single'}-label, {len(labels)} clips, "
+        f"class sizes {counts.max()}..{counts.min()}: "
+        f"CV of per-class draws balanced {balanced:.3f} vs shuffle {shuffled:.3f} (ratio {balanced / shuffled:.3f})"
+    )
     assert balanced / shuffled < (0.1 if not multi_label else 0.5)
 
 

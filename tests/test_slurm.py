@@ -23,8 +23,13 @@ from tests.test_workflows import _project_copy
 
 BIN = Path(sys.executable).parent
 SPLITS = ("train", "val", "eval")
-SAME_TEXT = ("manifests/train_enhanced.csv", "weights/original.csv", "weights/enhanced.csv", "features/stats.json",
-             *(f"manifests/{s}.csv" for s in SPLITS))
+SAME_TEXT = (
+    "manifests/train_enhanced.csv",
+    "weights/original.csv",
+    "weights/enhanced.csv",
+    "features/stats.json",
+    *(f"manifests/{s}.csv" for s in SPLITS),
+)
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
 
 pytestmark = pytest.mark.slow
@@ -56,8 +61,13 @@ def cluster(tmp_path_factory):
 def _copy(tmp_path: Path, name: str) -> Path:
     """A project copy (tests/test_workflows.py's) with the repository's symlinks (./slurm) as well."""
     project = _project_copy(tmp_path / name)
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split()
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for link in (n for n in listed if (REPO / n).is_symlink()):
         (project / link).parent.mkdir(parents=True, exist_ok=True)
         (project / link).symlink_to(os.readlink(REPO / link))
@@ -83,11 +93,19 @@ def _fit_profile_to_test_site(project: Path, threads: int) -> dict:
     tree = yaml.safe_load(profile.read_text())
     assert tree["executor"] == "slurm" and tree["slurm-status-command"] == "squeue"
     mem = min(1000, slurm_cluster.cpus_and_memory()[1] // 4)
-    site = {"jobs": 4, "retries": 0, "max-threads": threads, "latency-wait": 10,
-            "slurm-init-seconds-before-status-checks": 1, "slurm-keep-successful-logs": True,
-            "default-resources": {"mem_mb": mem},
-            "set-resources": {rule: {"mem_mb": mem, **({"gpu": 0} if re.search(r"\bgpu\s*=", body) else {})}
-                              for rule, body in _rules(project).items()}}
+    site = {
+        "jobs": 4,
+        "retries": 0,
+        "max-threads": threads,
+        "latency-wait": 10,
+        "slurm-init-seconds-before-status-checks": 1,
+        "slurm-keep-successful-logs": True,
+        "default-resources": {"mem_mb": mem},
+        "set-resources": {
+            rule: {"mem_mb": mem, **({"gpu": 0} if re.search(r"\bgpu\s*=", body) else {})}
+            for rule, body in _rules(project).items()
+        },
+    }
     tree = _deep_merge(tree, site)
     profile.write_text(yaml.safe_dump(tree, sort_keys=False))
     return tree
@@ -95,8 +113,9 @@ def _fit_profile_to_test_site(project: Path, threads: int) -> dict:
 
 def _snakemake(args: list[str], cwd: Path) -> subprocess.Popen:
     env = slurm_cluster.slurm_env({**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"})
-    return subprocess.Popen([str(BIN / "snakemake"), *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [str(BIN / "snakemake"), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _wait(proc: subprocess.Popen, timeout: float, what: str, project: Path) -> str:
@@ -120,8 +139,13 @@ def _failure_context(project: Path) -> str:
 
 def _slurm_job(slurm_id: str) -> dict[str, str]:
     """`scontrol show job` as a dict (finished jobs stay known for MinJobAge=600 s; sacct is off)."""
-    proc = subprocess.run(["scontrol", "-o", "show", "job", slurm_id], capture_output=True, text=True, timeout=10,
-                          env=slurm_cluster.slurm_env())
+    proc = subprocess.run(
+        ["scontrol", "-o", "show", "job", slurm_id],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        env=slurm_cluster.slurm_env(),
+    )
     assert proc.returncode == 0, proc.stderr
     return dict(f.split("=", 1) for f in proc.stdout.split() if "=" in f)
 
@@ -154,8 +178,9 @@ def test_snakemake_profile_slurm_runs_every_job_through_sbatch_and_matches_a_loc
     assert len({slurm_id for _, slurm_id, _ in submitted}) == len(submitted)
     assert "localrule all:" in out and re.search(r"^localrule (?!all:)", out, flags=re.M) is None
     # the tiny preset: two shards per split for prepare and features, one merge job per split
-    assert [len(by_rule[r]) for r in ("prepare", "prepare_merge", "features", "features_merge", "weights", "train")] \
-        == [6, 3, 6, 3, 2, 1]
+    assert [
+        len(by_rule[r]) for r in ("prepare", "prepare_merge", "features", "features_merge", "weights", "train")
+    ] == [6, 3, 6, 3, 2, 1]
     for rule, ids in by_rule.items():
         for slurm_id in ids:
             job = _slurm_job(slurm_id)
@@ -169,7 +194,9 @@ def test_snakemake_profile_slurm_runs_every_job_through_sbatch_and_matches_a_loc
     for name in SAME_TEXT:
         assert (remote / "data" / name).read_text() == (local / "data" / name).read_text(), name
     for split in SPLITS:
-        assert read_manifest(remote / f"data/manifests/{split}.csv") == read_manifest(local / f"data/manifests/{split}.csv")
+        assert read_manifest(remote / f"data/manifests/{split}.csv") == read_manifest(
+            local / f"data/manifests/{split}.csv"
+        )
         with h5py.File(remote / f"data/features/{split}.h5") as a, h5py.File(local / f"data/features/{split}.h5") as b:
             for name in ("fbank", "labels", "clip_id", "n_frames"):
                 assert (a[name][:] == b[name][:]).all(), (split, name)

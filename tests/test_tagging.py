@@ -18,8 +18,7 @@ from pipeline.augment import prepare_eval_batch
 from pipeline.commands import main
 from pipeline.errors import PipelineError
 from pipeline.manifest import read_manifest
-from pipeline.tagging import (REQUIRED_KEYS, input_length, load_tagger, plan_windows, tag_file, tag_wave,
-                              window_fbanks)
+from pipeline.tagging import REQUIRED_KEYS, input_length, load_tagger, plan_windows, tag_file, tag_wave, window_fbanks
 from pipeline.train import load_checkpoint, save_checkpoint, train
 from tests.conftest import REPO, run_module, tone, write_encoded
 from tests.test_train import _inputs, _params, tiny_data  # noqa: F401  (tiny_data: the module-scoped tiny data)
@@ -118,8 +117,9 @@ def test_windowed_fbanks_equal_the_features_stage_for_a_clip_of_one_window(tiny_
         assert np.array_equal(fbanks[0], stored[row])
         result = tag_file(tagger, tiny_data / entry.audio, window=tagger.clip_seconds, hop=tagger.clip_seconds / 2)
         with torch.no_grad():
-            expected = tagger.model(prepare_eval_batch(torch.from_numpy(stored[row:row + 1]), tagger.norm.mean,
-                                                       tagger.norm.std)).numpy()
+            expected = tagger.model(
+                prepare_eval_batch(torch.from_numpy(stored[row : row + 1]), tagger.norm.mean, tagger.norm.std)
+            ).numpy()
         assert np.allclose(result.scores, expected, atol=1e-6)
 
 
@@ -157,8 +157,18 @@ def _tag(capsys, *args):
 
 
 def test_json_output_parses_with_top_k_and_the_timeline(tiny_run, audio, capsys):
-    code, out, err = _tag(capsys, audio["ten"][0], audio["long"][0], "--model", tiny_run / "best.pt",
-                          "--format", "json", "--timeline", "--top-k", "3")
+    code, out, err = _tag(
+        capsys,
+        audio["ten"][0],
+        audio["long"][0],
+        "--model",
+        tiny_run / "best.pt",
+        "--format",
+        "json",
+        "--timeline",
+        "--top-k",
+        "3",
+    )
     assert code == 0 and err == ""
     document = json.loads(out)
     assert document["ranked_by"] == "max" and document["errors"] == []
@@ -175,16 +185,18 @@ def test_json_output_parses_with_top_k_and_the_timeline(tiny_run, audio, capsys)
 
 
 def test_csv_and_table_outputs(tiny_run, audio, tagger, capsys):
-    code, out, _ = _tag(capsys, audio["short"][0], audio["ogg"][0], "--model", tiny_run / "best.pt",
-                        "--format", "csv", "--top-k", "4")
+    code, out, _ = _tag(
+        capsys, audio["short"][0], audio["ogg"][0], "--model", tiny_run / "best.pt", "--format", "csv", "--top-k", "4"
+    )
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and list(rows[0]) == ["file", "rank", "mid", "display_name", "max", "mean"]
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4"] * 2
     assert {r["file"] for r in rows} == {str(audio["short"][0]), str(audio["ogg"][0])}
     assert all(r["display_name"] == tagger.class_names[tagger.class_ids.index(r["mid"])] for r in rows)
 
-    code, out, _ = _tag(capsys, audio["long"][0], "--model", tiny_run / "best.pt", "--format", "csv",
-                        "--timeline", "--top-k", "2")
+    code, out, _ = _tag(
+        capsys, audio["long"][0], "--model", tiny_run / "best.pt", "--format", "csv", "--timeline", "--top-k", "2"
+    )
     rows = list(csv.DictReader(io.StringIO(out)))
     summary, windows = [r for r in rows if not r["start"]], [r for r in rows if r["start"]]
     assert code == 0 and len(summary) == 2 and len(windows) == 18 * 2
@@ -200,8 +212,11 @@ def test_csv_and_table_outputs(tiny_run, audio, tagger, capsys):
 def test_a_file_that_is_not_a_checkpoint_is_a_one_line_error(tmp_path, audio, capsys):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "dict.pt")
     (tmp_path / "notes.txt").write_text("not a model\n")
-    for model, message in (("dict.pt", "not a checkpoint of this pipeline"), ("notes.txt", "not a readable checkpoint"),
-                           ("absent.pt", "checkpoint not found")):
+    for model, message in (
+        ("dict.pt", "not a checkpoint of this pipeline"),
+        ("notes.txt", "not a readable checkpoint"),
+        ("absent.pt", "checkpoint not found"),
+    ):
         code, out, err = _tag(capsys, audio["short"][0], "--model", tmp_path / model)
         assert code == 2 and out == "" and len(err.splitlines()) == 1
         assert err.startswith(f"error: {tmp_path / model}: ") and message in err
@@ -215,12 +230,23 @@ def test_console_script_with_only_the_checkpoint_and_a_bad_file_among_good_ones(
     shutil.copy(tiny_run / "best.pt", alone / "model.pt")
     (tmp_path / "corrupt.wav").write_bytes(b"RIFX garbage" * 100)
     write_encoded(tmp_path / "tiny.wav", tone(0.01, 16000), 16000)
-    files = [audio["short"][0], tmp_path / "corrupt.wav", tmp_path / "missing.wav", tmp_path / "tiny.wav",
-             audio["ten"][0]]
+    files = [
+        audio["short"][0],
+        tmp_path / "corrupt.wav",
+        tmp_path / "missing.wav",
+        tmp_path / "tiny.wav",
+        audio["ten"][0],
+    ]
     psla = os.path.join(os.path.dirname(sys.executable), "psla")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.run([psla, "tag", *map(str, files), "--model", "model.pt", "--format", "json", "--top-k", "2"],
-                          cwd=alone, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [psla, "tag", *map(str, files), "--model", "model.pt", "--format", "json", "--top-k", "2"],
+        cwd=alone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr
     errors = proc.stderr.splitlines()
     assert len(errors) == 3 and all(line.startswith("error: ") for line in errors)
@@ -231,10 +257,20 @@ def test_console_script_with_only_the_checkpoint_and_a_bad_file_among_good_ones(
     assert [e["file"] for e in document["errors"]] == [str(p) for p in files[1:4]]
     assert sorted(os.listdir(alone)) == ["model.pt"]  # nothing written beside it
 
-    proc = run_module("pipeline.commands", "tag", str(audio["ogg"][0]), "--model", str(alone / "model.pt"),
-                      "--hop", "20", cwd=alone, check=False)
+    proc = run_module(
+        "pipeline.commands",
+        "tag",
+        str(audio["ogg"][0]),
+        "--model",
+        str(alone / "model.pt"),
+        "--hop",
+        "20",
+        cwd=alone,
+        check=False,
+    )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "error: hop 20.0 s: must be positive and at most the window (10.0 s), or the timeline would have gaps"]
+        "error: hop 20.0 s: must be positive and at most the window (10.0 s), or the timeline would have gaps"
+    ]
 
 
 def test_console_script_is_registered():
@@ -253,8 +289,7 @@ def test_streamed_tagging_equals_scoring_the_whole_resampled_file(results, tagge
     bounds = plan_windows(len(mono), window, hop)
     fbanks = window_fbanks(tagger, [mono[start:end] for start, end in bounds], input_length(tagger, window))
     with torch.no_grad():
-        expected = tagger.model(prepare_eval_batch(torch.from_numpy(fbanks), tagger.norm.mean,
-                                                   tagger.norm.std)).numpy()
+        expected = tagger.model(prepare_eval_batch(torch.from_numpy(fbanks), tagger.norm.mean, tagger.norm.std)).numpy()
     np.testing.assert_array_equal(results["long"].starts, bounds[:, 0] / tagger.sample_rate)
     np.testing.assert_allclose(results["long"].scores, expected, atol=1e-5)
 
@@ -294,6 +329,9 @@ def test_unusable_audio_is_an_audio_problem_even_when_found_late_in_the_stream(t
     late_nan[-5] = np.nan  # in the last of several blocks, after windows were scored
     assert reasons(np.split(late_nan, 4)) == ("non_finite", "x.wav: audio contains NaN or infinite samples")
     assert reasons([]) == ("empty_audio", "x.wav: audio has zero samples")
-    assert reasons([good[:100], good[100:200]]) == ("too_short", "x.wav: 12.5 ms of audio, shorter than one 25 ms frame")
+    assert reasons([good[:100], good[100:200]]) == (
+        "too_short",
+        "x.wav: 12.5 ms of audio, shorter than one 25 ms frame",
+    )
     assert reasons([tone(0.025, 44100)[:1102]], 44100)[0] == "too_short"  # 24.99 ms
     assert len(tag_blocks(tagger, [tone(0.03, 44100)[:1103]], 44100, window=WINDOW, hop=HOP).starts) == 1

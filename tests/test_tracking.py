@@ -23,9 +23,16 @@ WORKER = textwrap.dedent("""
 def test_concurrent_stage_processes_share_one_new_sqlite_store(tmp_path):
     # a store that does not exist yet: the processes also race to create its schema
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, uri, f"{i}/4"], cwd=tmp_path,
-                              env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-                              stderr=subprocess.PIPE, text=True) for i in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, uri, f"{i}/4"],
+            cwd=tmp_path,
+            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, errors
     client = MlflowClient(uri)

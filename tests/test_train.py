@@ -34,21 +34,41 @@ def tiny_data(tmp_path_factory):
     classes, _ = class_metadata(params)
     write_classes(root / "classes.csv", classes)
     for split in ("train", "val"):
-        manifest, _ = prepare_split(list_split(params, split, classes), dataset="demo", audio_dir=root / "audio" / split,
-                                    root=root, on_bad="fail", progress=False)
+        manifest, _ = prepare_split(
+            list_split(params, split, classes),
+            dataset="demo",
+            audio_dir=root / "audio" / split,
+            root=root,
+            on_bad="fail",
+            progress=False,
+        )
         write_manifest(root / f"{split}.csv", manifest)
-        extract_features(manifest, split=split, data_root=root, out=root / f"{split}.h5", cfg=params.features,
-                         classes=classes, on_bad="fail", progress=False)
+        extract_features(
+            manifest,
+            split=split,
+            data_root=root,
+            out=root / f"{split}.h5",
+            cfg=params.features,
+            classes=classes,
+            on_bad="fail",
+            progress=False,
+        )
         if split == "train":
-            write_weights(root / "weights.csv", [e.clip_id for e in manifest],
-                          sample_weights(label_matrix(manifest, classes)))
+            write_weights(
+                root / "weights.csv", [e.clip_id for e in manifest], sample_weights(label_matrix(manifest, classes))
+            )
     atomic_write_json(root / "stats.json", {**normalisation_stats(root / "train.h5"), "source": "computed"})
     return root
 
 
 def _inputs(root):
-    return Inputs(root / "train.h5", root / "val.h5", weights_by_clip(root / "weights.csv"),
-                  Normaliser.from_file(root / "stats.json"), read_classes(root / "classes.csv"))
+    return Inputs(
+        root / "train.h5",
+        root / "val.h5",
+        weights_by_clip(root / "weights.csv"),
+        Normaliser.from_file(root / "stats.json"),
+        read_classes(root / "classes.csv"),
+    )
 
 
 def _params(root, *overrides):
@@ -56,17 +76,27 @@ def _params(root, *overrides):
 
 
 def test_learning_rate_warms_up_then_drops_every_few_epochs():
-    p = load_params(TINY, ["train.lr=1.0", "train.warmup_steps=10", "train.lr_decay_start=3",
-                           "train.lr_decay_every=2", "train.lr_decay=0.5", "train.epochs=9",
-                           "aggregate.wa_end=9"])
+    p = load_params(
+        TINY,
+        [
+            "train.lr=1.0",
+            "train.warmup_steps=10",
+            "train.lr_decay_start=3",
+            "train.lr_decay_every=2",
+            "train.lr_decay=0.5",
+            "train.epochs=9",
+            "aggregate.wa_end=9",
+        ],
+    )
     assert learning_rate(p, 1, 1) == pytest.approx(0.1) and learning_rate(p, 1, 5) == pytest.approx(0.5)
     assert [learning_rate(p, e, 100) for e in range(1, 10)] == [1, 1, 1, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125]
 
 
 def test_training_writes_checkpoints_history_and_improves(tiny_data, tmp_path):
     out = tmp_path / "run"
-    best = train(_params(tiny_data, "train.epochs=3", "aggregate.wa_end=3"), _inputs(tiny_data), out, seed=1,
-                 progress=False)
+    best = train(
+        _params(tiny_data, "train.epochs=3", "aggregate.wa_end=3"), _inputs(tiny_data), out, seed=1, progress=False
+    )
     names = sorted(p.name for p in out.iterdir())
     assert names == ["best.pt", "curves.png", "epoch_001.pt", "epoch_002.pt", "epoch_003.pt", "history.csv", "last.pt"]
     lines = (out / "history.csv").read_text().splitlines()
@@ -84,11 +114,32 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(tiny_data, tmp_
     train(params, _inputs(tiny_data), tmp_path / "straight", seed=3, progress=False)
 
     resumed = tmp_path / "resumed"
-    cmd = [sys.executable, "-m", "pipeline.stages.train", "--params", str(TINY),
-           "--set", f"data.root={tiny_data}", "--set", "tracking.enabled=false",
-           "--train-features", str(tiny_data / "train.h5"), "--val-features", str(tiny_data / "val.h5"),
-           "--weights", str(tiny_data / "weights.csv"), "--stats", str(tiny_data / "stats.json"),
-           "--classes", str(tiny_data / "classes.csv"), "--out", str(resumed), "--seed", "3", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.stages.train",
+        "--params",
+        str(TINY),
+        "--set",
+        f"data.root={tiny_data}",
+        "--set",
+        "tracking.enabled=false",
+        "--train-features",
+        str(tiny_data / "train.h5"),
+        "--val-features",
+        str(tiny_data / "val.h5"),
+        "--weights",
+        str(tiny_data / "weights.csv"),
+        "--stats",
+        str(tiny_data / "stats.json"),
+        "--classes",
+        str(tiny_data / "classes.csv"),
+        "--out",
+        str(resumed),
+        "--seed",
+        "3",
+        "--no-progress",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -123,8 +174,13 @@ def test_checkpoints_of_other_params_or_data_are_not_resumed(tiny_data, tmp_path
 
 
 def test_channels_last_trains(tiny_data, tmp_path):
-    best = train(_params(tiny_data, "train.channels_last=true", "train.epochs=1", "aggregate.wa_start=1",
-                         "aggregate.wa_end=1"), _inputs(tiny_data), tmp_path / "cl", seed=1, progress=False)
+    best = train(
+        _params(tiny_data, "train.channels_last=true", "train.epochs=1", "aggregate.wa_start=1", "aggregate.wa_end=1"),
+        _inputs(tiny_data),
+        tmp_path / "cl",
+        seed=1,
+        progress=False,
+    )
     assert 0 <= best["val_mAP"] <= 1
 
 
@@ -136,12 +192,38 @@ def test_non_finite_loss_stops_with_the_step(tiny_data, tmp_path):
 
 
 def test_train_and_predict_stages_log_to_mlflow(tiny_data, tmp_path, store_uri):
-    common = ["--params", str(TINY), "--set", f"data.root={tiny_data}", "--set", f"tracking.uri={store_uri}",
-              "--set", "train.log_every=1"]
-    run_module("pipeline.stages.train", *common, "--train-features", str(tiny_data / "train.h5"),
-               "--val-features", str(tiny_data / "val.h5"), "--weights", str(tiny_data / "weights.csv"),
-               "--stats", str(tiny_data / "stats.json"), "--classes", str(tiny_data / "classes.csv"),
-               "--out", str(tmp_path / "teacher"), "--seed", "1", "--role", "teacher", "--no-progress", cwd=tmp_path)
+    common = [
+        "--params",
+        str(TINY),
+        "--set",
+        f"data.root={tiny_data}",
+        "--set",
+        f"tracking.uri={store_uri}",
+        "--set",
+        "train.log_every=1",
+    ]
+    run_module(
+        "pipeline.stages.train",
+        *common,
+        "--train-features",
+        str(tiny_data / "train.h5"),
+        "--val-features",
+        str(tiny_data / "val.h5"),
+        "--weights",
+        str(tiny_data / "weights.csv"),
+        "--stats",
+        str(tiny_data / "stats.json"),
+        "--classes",
+        str(tiny_data / "classes.csv"),
+        "--out",
+        str(tmp_path / "teacher"),
+        "--seed",
+        "1",
+        "--role",
+        "teacher",
+        "--no-progress",
+        cwd=tmp_path,
+    )
     client = MlflowClient(store_uri)
     runs = client.search_runs([client.get_experiment_by_name("psla").experiment_id])
     [run] = [r for r in runs if r.data.tags["stage"] == "train"]
@@ -152,9 +234,18 @@ def test_train_and_predict_stages_log_to_mlflow(tiny_data, tmp_path, store_uri):
     assert "data_wait" in run.data.metrics
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"history.csv", "curves.png"}
 
-    out = run_module("pipeline.stages.predict", *common, "--checkpoint", str(tmp_path / "teacher" / "best.pt"),
-                     "--features", str(tiny_data / "train.h5"), "--out", str(tmp_path / "p.npz"), "--no-progress",
-                     cwd=tmp_path).stdout
+    out = run_module(
+        "pipeline.stages.predict",
+        *common,
+        "--checkpoint",
+        str(tmp_path / "teacher" / "best.pt"),
+        "--features",
+        str(tiny_data / "train.h5"),
+        "--out",
+        str(tmp_path / "p.npz"),
+        "--no-progress",
+        cwd=tmp_path,
+    ).stdout
     assert "24 clips ->" in out
     from pipeline.predictions import read_predictions
 
@@ -175,12 +266,36 @@ def test_foreign_checkpoint_is_a_one_line_error(tmp_path):
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_share_the_draws_and_end_identical(tiny_data, tmp_path, store_uri):
     report = tmp_path / "ranks"
-    run_module("pipeline.stages.train", "--params", str(TINY), "--set", f"data.root={tiny_data}",
-               "--set", f"tracking.uri={store_uri}", "--set", "train.devices=2", "--set", "train.device=cpu",
-               "--train-features", str(tiny_data / "train.h5"), "--val-features", str(tiny_data / "val.h5"),
-               "--weights", str(tiny_data / "weights.csv"), "--stats", str(tiny_data / "stats.json"),
-               "--classes", str(tiny_data / "classes.csv"), "--out", str(tmp_path / "ddp"), "--seed", "1",
-               "--no-progress", cwd=tmp_path, env={"PSLA_RANK_REPORT": str(report), "OMP_NUM_THREADS": "1"})
+    run_module(
+        "pipeline.stages.train",
+        "--params",
+        str(TINY),
+        "--set",
+        f"data.root={tiny_data}",
+        "--set",
+        f"tracking.uri={store_uri}",
+        "--set",
+        "train.devices=2",
+        "--set",
+        "train.device=cpu",
+        "--train-features",
+        str(tiny_data / "train.h5"),
+        "--val-features",
+        str(tiny_data / "val.h5"),
+        "--weights",
+        str(tiny_data / "weights.csv"),
+        "--stats",
+        str(tiny_data / "stats.json"),
+        "--classes",
+        str(tiny_data / "classes.csv"),
+        "--out",
+        str(tmp_path / "ddp"),
+        "--seed",
+        "1",
+        "--no-progress",
+        cwd=tmp_path,
+        env={"PSLA_RANK_REPORT": str(report), "OMP_NUM_THREADS": "1"},
+    )
     ranks = [json.loads((report / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["weights"] == ranks[1]["weights"]  # DDP kept the replicas identical
     assert len(ranks[0]["drawn"]) == len(ranks[1]["drawn"]) == 24  # 2 epochs x 12 draws each
@@ -192,7 +307,11 @@ def test_ddp_two_cpu_processes_share_the_draws_and_end_identical(tiny_data, tmp_
     single.set_epoch(1)
     assert interleaved == list(single)  # each rank drew its own share of one global draw
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir() if p.suffix == ".pt") == [
-        "best.pt", "epoch_001.pt", "epoch_002.pt", "last.pt"]
+        "best.pt",
+        "epoch_001.pt",
+        "epoch_002.pt",
+        "last.pt",
+    ]
     client = MlflowClient(store_uri)
     runs = client.search_runs([client.get_experiment_by_name("psla").experiment_id])
     assert [r.data.tags["stage"] for r in runs] == ["train"]  # one run, from rank 0
@@ -200,13 +319,38 @@ def test_ddp_two_cpu_processes_share_the_draws_and_end_identical(tiny_data, tmp_
 
 
 def test_no_teacher_is_trained_when_labels_are_not_enhanced(tiny_data, tmp_path):
-    out = run_module("pipeline.stages.train", "--params", str(TINY), "--set", f"data.root={tiny_data}",
-                     "--set", "tracking.enabled=false", "--set", "labels.enhance=none", "--role", "teacher",
-                     "--train-features", str(tiny_data / "train.h5"), "--val-features", str(tiny_data / "val.h5"),
-                     "--weights", str(tiny_data / "weights.csv"), "--stats", str(tiny_data / "stats.json"),
-                     "--classes", str(tiny_data / "classes.csv"), "--out", str(tmp_path / "teacher"), "--seed", "0",
-                     "--predict-features", str(tiny_data / "train.h5"), "--predict-out", str(tmp_path / "p.npz"),
-                     cwd=tmp_path).stdout
+    out = run_module(
+        "pipeline.stages.train",
+        "--params",
+        str(TINY),
+        "--set",
+        f"data.root={tiny_data}",
+        "--set",
+        "tracking.enabled=false",
+        "--set",
+        "labels.enhance=none",
+        "--role",
+        "teacher",
+        "--train-features",
+        str(tiny_data / "train.h5"),
+        "--val-features",
+        str(tiny_data / "val.h5"),
+        "--weights",
+        str(tiny_data / "weights.csv"),
+        "--stats",
+        str(tiny_data / "stats.json"),
+        "--classes",
+        str(tiny_data / "classes.csv"),
+        "--out",
+        str(tmp_path / "teacher"),
+        "--seed",
+        "0",
+        "--predict-features",
+        str(tiny_data / "train.h5"),
+        "--predict-out",
+        str(tmp_path / "p.npz"),
+        cwd=tmp_path,
+    ).stdout
     assert "no teacher trained" in out
     assert [p.name for p in (tmp_path / "teacher").iterdir()] == ["SKIPPED"]
     from pipeline.predictions import read_predictions

@@ -23,8 +23,13 @@ RESULTS = {"data", "metrics", "plots", "reports", "models", "tmp"}  # what a run
 
 def _project_copy(tmp_path: Path) -> Path:
     """The tracked files of the project in a fresh git repository, params.yaml = the tiny preset."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     project = tmp_path / "project"
     for name in files:
         if (REPO / name).is_file() and name != "dvc.lock" and name.split("/")[0] not in RESULTS:  # nothing run yet
@@ -54,9 +59,19 @@ def test_dvc_repro_then_nothing_to_do_and_snakemake_agrees(tmp_path):
     dvc_lock = yaml.safe_load((project / "dvc.lock").read_text())
     splits = ("train", "val", "eval")
     assert set(dvc_lock["stages"]) == {
-        "metadata", "stats", "weights@original", "weights@enhanced", "teacher", "enhance", "relabel", "train@1",
-        "average@1", "evaluate", *(f"{stage}@{s}-{i}" for stage in ("prepare", "features") for s in splits for i in (0, 1)),
-        *(f"{stage}_merge@{s}" for stage in ("prepare", "features") for s in splits)}
+        "metadata",
+        "stats",
+        "weights@original",
+        "weights@enhanced",
+        "teacher",
+        "enhance",
+        "relabel",
+        "train@1",
+        "average@1",
+        "evaluate",
+        *(f"{stage}@{s}-{i}" for stage in ("prepare", "features") for s in splits for i in (0, 1)),
+        *(f"{stage}_merge@{s}" for stage in ("prepare", "features") for s in splits),
+    }
     for split in splits:  # each shard did its part, and the merged file reads through to them
         halves = [json.loads((project / f"data/reports/features_{split}.shards/{i}.json").read_text()) for i in (0, 1)]
         assert [h["written"] for h in halves] == [len(manifests[split]) // 2] * 2
@@ -75,13 +90,18 @@ def test_dvc_repro_then_nothing_to_do_and_snakemake_agrees(tmp_path):
     _run([str(BIN / "snakemake"), "--cores", "2"], project)
     for split, manifest in manifests.items():
         assert read_manifest(project / "data/manifests" / f"{split}.csv") == manifest
-        with h5py.File(project / "data/features" / f"{split}.h5") as a, h5py.File(tmp_path / f"dvc-data/features/{split}.h5") as b:
+        with (
+            h5py.File(project / "data/features" / f"{split}.h5") as a,
+            h5py.File(tmp_path / f"dvc-data/features/{split}.h5") as b,
+        ):
             for name in ("fbank", "labels", "clip_id", "n_frames"):
                 assert (a[name][:] == b[name][:]).all()
     for same in ("weights/original.csv", "weights/enhanced.csv", "manifests/train_enhanced.csv"):
         assert (project / "data" / same).read_text() == (tmp_path / "dvc-data" / same).read_text(), same
     assert (project / "data/features/stats.json").read_text() == (tmp_path / "dvc-data/features/stats.json").read_text()
-    assert all((project / f"logs/{stage}_train.shard-{i}.log").is_file() for stage in ("prepare", "features") for i in (0, 1))
+    assert all(
+        (project / f"logs/{stage}_train.shard-{i}.log").is_file() for stage in ("prepare", "features") for i in (0, 1)
+    )
     assert (project / "logs/prepare_merge_train.log").is_file() and (project / "logs/stats.log").is_file()
     assert (project / "metrics/eval.json").is_file() and (project / "logs/evaluate.log").is_file()
     # training ran under both; the DVC plots file is the run's history

@@ -11,7 +11,7 @@ on that many training batches (augmented as in training), which needs --train-fe
 
 from pathlib import Path
 
-from pipeline.aggregate import reestimate_payload_batchnorm, select_epochs, average_checkpoints
+from pipeline.aggregate import average_checkpoints, reestimate_payload_batchnorm, select_epochs
 from pipeline.cli import load_from_args, params_parser, run
 from pipeline.errors import PipelineError
 from pipeline.tracking import stage_run
@@ -23,16 +23,19 @@ def main(argv=None):
     parser.add_argument("--run", required=True, help="run folder of the train stage (epoch_NNN.pt files)")
     parser.add_argument("--out", required=True, help="the weight-averaged checkpoint to write")
     parser.add_argument("--train-features", help="training features (HDF5): needed when aggregate.bn_batches > 0")
-    parser.add_argument("--weights", help="sampling weights CSV the run trained with (aggregate.bn_batches > 0 "
-                                          "and sampling.balanced)")
+    parser.add_argument(
+        "--weights", help="sampling weights CSV the run trained with (aggregate.bn_batches > 0 and sampling.balanced)"
+    )
 
     def body(args):
         params = load_from_args(args)
         cfg = params.aggregate
         paths = select_epochs(args.run, cfg.wa_start, cfg.wa_end)
         if cfg.bn_batches and not args.train_features:
-            raise PipelineError(f"aggregate.bn_batches={cfg.bn_batches}: pass --train-features (and --weights) to "
-                                "re-estimate the BatchNorm statistics, or set aggregate.bn_batches=0")
+            raise PipelineError(
+                f"aggregate.bn_batches={cfg.bn_batches}: pass --train-features (and --weights) to "
+                "re-estimate the BatchNorm statistics, or set aggregate.bn_batches=0"
+            )
         payload = average_checkpoints(paths)
         seed = payload.get("seed")
         with stage_run(params, "average", {"seed": seed}) as run_:
@@ -45,8 +48,11 @@ def main(argv=None):
             save_checkpoint(Path(args.out), payload)
             run_.log_params({"run_dir": args.run, "averaged_epochs": f"{cfg.wa_start}-{cfg.wa_end}"})
             run_.log_metrics({"members": len(paths), "bn_reestimated_batches": payload["bn_reestimated_batches"]})
-        bn = (f", BatchNorm statistics re-estimated on {payload['bn_reestimated_batches']} training batches"
-              if payload["bn_reestimated_batches"] else "")
+        bn = (
+            f", BatchNorm statistics re-estimated on {payload['bn_reestimated_batches']} training batches"
+            if payload["bn_reestimated_batches"]
+            else ""
+        )
         print(f"seed {seed}: averaged epochs {cfg.wa_start}..{cfg.wa_end} ({len(paths)} checkpoints){bn} -> {args.out}")
 
     run(body, parser, argv)

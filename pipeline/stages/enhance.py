@@ -46,11 +46,16 @@ def rewrite_labels(source: Path, out: Path, labels: list[tuple[str, ...]]) -> No
 
 def main(argv=None):
     parser = params_parser(__doc__.splitlines()[0])
-    parser.add_argument("--manifest", required=True, help="training manifest (clip_id,[audio,]labels); labels are class MIDs")
+    parser.add_argument(
+        "--manifest", required=True, help="training manifest (clip_id,[audio,]labels); labels are class MIDs"
+    )
     parser.add_argument("--classes", required=True, help="class list (index,mid,display_name)")
     parser.add_argument("--ontology", help="ontology (AudioSet ontology.json format); not needed for enhance none")
-    parser.add_argument("--scores", help="teacher scores on the manifest's clips: predictions file (.npz/.h5) or "
-                                         "CSV matrix in manifest order; not needed for enhance none")
+    parser.add_argument(
+        "--scores",
+        help="teacher scores on the manifest's clips: predictions file (.npz/.h5) or "
+        "CSV matrix in manifest order; not needed for enhance none",
+    )
     parser.add_argument("--out", required=True, help="output: the enhanced manifest")
     parser.add_argument("--report", help="output: JSON report (default: <out without suffix>_report.json)")
 
@@ -66,27 +71,41 @@ def main(argv=None):
                 shutil.copyfile(source, tmp)
         else:
             if not args.ontology:
-                raise PipelineError(f"labels.enhance is {stat}: pass --ontology (AudioSet ontology.json format), "
-                                    f"or set labels.enhance: none")
+                raise PipelineError(
+                    f"labels.enhance is {stat}: pass --ontology (AudioSet ontology.json format), "
+                    f"or set labels.enhance: none"
+                )
             if not args.scores:
-                raise PipelineError(f"labels.enhance is {stat}: pass --scores (the teacher's predictions on "
-                                    f"{source.name}), or set labels.enhance: none")
+                raise PipelineError(
+                    f"labels.enhance is {stat}: pass --scores (the teacher's predictions on "
+                    f"{source.name}), or set labels.enhance: none"
+                )
             relations = build_relations(read_ontology(args.ontology), classes, source=args.ontology)
             scores = load_scores_for(args.scores, entries, classes)
             result = enhance_labels(labels, scores, relations, stat, types)
             rewrite_labels(source, out, labels_of(result.labels, classes.mids))
-        report = {"manifest": str(source), "scores": args.scores, "ontology": args.ontology, "out": str(out),
-                  **result.report(classes.mids, classes.names)}
+        report = {
+            "manifest": str(source),
+            "scores": args.scores,
+            "ontology": args.ontology,
+            "out": str(out),
+            **result.report(classes.mids, classes.names),
+        }
         atomic_write_json(report_path, report)
         metrics = {k: float(v) for k, v in result.metrics().items()}
-        with stage_run(params, "enhance", {"manifest": source.stem, "enhance": stat,
-                                           "types": "+".join(types) if stat != "none" else None}) as run_:
+        with stage_run(
+            params,
+            "enhance",
+            {"manifest": source.stem, "enhance": stat, "types": "+".join(types) if stat != "none" else None},
+        ) as run_:
             run_.log_metrics(metrics)
             run_.log_artifact(report_path)
         kinds = ", ".join(f"{t} {n}" for t, n in result.added_by_type.items())
         how = f"enhance {stat}, {'+'.join(result.types)}" if stat != "none" else "enhance none: passed through"
-        print(f"{len(entries)} clips ({how}): labels {result.labels_before} -> {result.labels_after} "
-              f"(+{result.added}{': ' + kinds if kinds else ''}; {result.clips_changed} clips changed) -> {out}")
+        print(
+            f"{len(entries)} clips ({how}): labels {result.labels_before} -> {result.labels_after} "
+            f"(+{result.added}{': ' + kinds if kinds else ''}; {result.clips_changed} clips changed) -> {out}"
+        )
 
     run(body, parser, argv)
 

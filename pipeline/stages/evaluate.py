@@ -24,10 +24,15 @@ def main(argv=None):
     parser = params_parser(__doc__.splitlines()[0])
     runs = parser.add_mutually_exclusive_group(required=True)
     runs.add_argument("--runs", nargs="+", help="run folders of the train stage, one per seed")
-    runs.add_argument("--runs-pattern", metavar="PATTERN", help="the run folder of each of train.seeds, "
-                      "e.g. models/seed-{seed} (what a DAG uses: the seeds come from params)")
-    parser.add_argument("--wa", nargs="+", help="their weight-averaged checkpoints, in the same order "
-                                                "(default: <run>/wa.pt)")
+    runs.add_argument(
+        "--runs-pattern",
+        metavar="PATTERN",
+        help="the run folder of each of train.seeds, "
+        "e.g. models/seed-{seed} (what a DAG uses: the seeds come from params)",
+    )
+    parser.add_argument(
+        "--wa", nargs="+", help="their weight-averaged checkpoints, in the same order (default: <run>/wa.pt)"
+    )
     parser.add_argument("--wa-pattern", metavar="PATTERN", help="with --runs-pattern: e.g. models/wa/seed-{seed}.pt")
     parser.add_argument("--features-dir", required=True, help="folder of <split>.h5 features files")
     parser.add_argument("--classes", required=True, help="class list (index,mid,display_name)")
@@ -39,8 +44,14 @@ def main(argv=None):
     def body(args):
         import torch
 
-        from pipeline.evaluation import (Predictor, evaluate_runs, load_split, log_evaluation, summary_table,
-                                         write_outputs)
+        from pipeline.evaluation import (
+            Predictor,
+            evaluate_runs,
+            load_split,
+            log_evaluation,
+            summary_table,
+            write_outputs,
+        )
         from pipeline.tracking import stage_run
         from pipeline.train import Distributed, resolve_device
 
@@ -53,8 +64,10 @@ def main(argv=None):
         wa = args.wa or [str(Path(r) / "wa.pt") for r in args.runs]
         if len(wa) != len(args.runs):
             raise PipelineError(f"{len(wa)} --wa checkpoints for {len(args.runs)} --runs; pass one per run, in order")
-        splits = [load_split(name, Path(args.features_dir) / f"{name}.h5", classes, args.classes)
-                  for name in params.evaluate.splits]
+        splits = [
+            load_split(name, Path(args.features_dir) / f"{name}.h5", classes, args.classes)
+            for name in params.evaluate.splits
+        ]
         if not splits:
             raise PipelineError("evaluate.splits is empty: name the splits to evaluate (e.g. [eval, val])")
         device = resolve_device(params, Distributed())

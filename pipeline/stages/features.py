@@ -30,8 +30,12 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output HDF5 file, e.g. data/features/train.h5")
     parser.add_argument("--report", required=True, help="output JSON report (requested/written/skipped)")
     add_shard_arguments(parser)
-    parser.add_argument("--relabel", metavar="FEATURES", help="instead of computing fbanks: write --out as FEATURES "
-                        "with the labels of --manifest (e.g. enhanced ones); the fbanks are referenced, not copied")
+    parser.add_argument(
+        "--relabel",
+        metavar="FEATURES",
+        help="instead of computing fbanks: write --out as FEATURES "
+        "with the labels of --manifest (e.g. enhanced ones); the fbanks are referenced, not copied",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def body(args):
@@ -41,8 +45,10 @@ def main(argv=None):
         if args.relabel:
             clips = read_manifest(args.manifest)
             changed = relabel(args.relabel, clips, read_classes(args.classes), out)
-            atomic_write_json(report_path, {"source": args.relabel, "manifest": args.manifest, "clips": len(clips),
-                                            "changed_labels": changed})
+            atomic_write_json(
+                report_path,
+                {"source": args.relabel, "manifest": args.manifest, "clips": len(clips), "changed_labels": changed},
+            )
             with stage_run(params, "features", {"split": split, "relabel": args.relabel}) as run_:
                 run_.log_metrics({"clips": len(clips), "changed_labels": changed})
             print(f"relabelled {args.relabel} with {args.manifest}: {changed} labels changed -> {out}")
@@ -53,22 +59,39 @@ def main(argv=None):
             report = StageReport.merged([StageReport.read(shard_path(report_path, i)) for i in range(merge)])
             listed = len(read_manifest(args.manifest))
             if (clips, listed) != (report.written, report.requested):
-                raise PipelineError(f"{out}: the {merge} shards hold {clips} clips and requested {report.requested}, "
-                                    f"but {args.manifest} lists {listed}; rerun the features shards of this manifest")
+                raise PipelineError(
+                    f"{out}: the {merge} shards hold {clips} clips and requested {report.requested}, "
+                    f"but {args.manifest} lists {listed}; rerun the features shards of this manifest"
+                )
         else:
             if shard:
                 out, report_path = shard_path(out, shard[0]), shard_path(report_path, shard[0])
             report = extract_features(
-                read_manifest(args.manifest), split=split, data_root=params.data.root, out=out,
-                cfg=params.features, classes=read_classes(args.classes), on_bad=params.data.on_bad,
-                shard=shard or (0, 1), progress=not args.no_progress)
+                read_manifest(args.manifest),
+                split=split,
+                data_root=params.data.root,
+                out=out,
+                cfg=params.features,
+                classes=read_classes(args.classes),
+                on_bad=params.data.on_bad,
+                shard=shard or (0, 1),
+                progress=not args.no_progress,
+            )
         report.write(report_path)
         with stage_run(params, "features", {"split": split, "shard": report.shard}) as run_:
-            run_.log_metrics({"requested": report.requested, "written": report.written, "skipped": report.skipped,
-                              "seconds": report.seconds,
-                              "clips_per_second": report.written / report.seconds if report.seconds else 0.0})
-        print(f"features {split} [{report.shard}]: requested {report.requested}, written {report.written}, "
-              f"skipped {report.skipped} -> {out}")
+            run_.log_metrics(
+                {
+                    "requested": report.requested,
+                    "written": report.written,
+                    "skipped": report.skipped,
+                    "seconds": report.seconds,
+                    "clips_per_second": report.written / report.seconds if report.seconds else 0.0,
+                }
+            )
+        print(
+            f"features {split} [{report.shard}]: requested {report.requested}, written {report.written}, "
+            f"skipped {report.skipped} -> {out}"
+        )
 
     run(body, parser, argv)
 

@@ -1,6 +1,6 @@
 """Write the dataset's class list and ontology, which every later stage reads.
 
-    python -m pipeline.stages.metadata --classes data/classes.csv --ontology data/ontology.json
+python -m pipeline.stages.metadata --classes data/classes.csv --ontology data/ontology.json
 """
 
 from pipeline.classes import write_classes, write_ontology

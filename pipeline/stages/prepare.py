@@ -37,18 +37,32 @@ def main(argv=None):
         else:
             listing = list_split(params, args.split, read_classes(args.classes))
             manifest, report = prepare_split(
-                listing, dataset=params.data.dataset, audio_dir=args.audio_dir or root / "audio" / args.split,
-                root=root, on_bad=params.data.on_bad, shard=shard or (0, 1), progress=not args.no_progress)
+                listing,
+                dataset=params.data.dataset,
+                audio_dir=args.audio_dir or root / "audio" / args.split,
+                root=root,
+                on_bad=params.data.on_bad,
+                shard=shard or (0, 1),
+                progress=not args.no_progress,
+            )
             if shard:
                 manifest_path, report_path = shard_path(manifest_path, shard[0]), shard_path(report_path, shard[0])
         write_outputs(manifest, report, manifest_path, report_path)
         with stage_run(params, "prepare", {"split": args.split, "shard": report.shard}) as run_:
-            run_.log_metrics({"requested": report.requested, "written": report.written,
-                              "skipped": report.skipped, "seconds": report.seconds})
+            run_.log_metrics(
+                {
+                    "requested": report.requested,
+                    "written": report.written,
+                    "skipped": report.skipped,
+                    "seconds": report.seconds,
+                }
+            )
             run_.log_artifact(report_path)
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(report.skipped_by_reason.items())) or "none"
-        print(f"{args.split} [{report.shard}]: requested {report.requested}, written {report.written} "
-              f"(reused {report.reused}), skipped {report.skipped} ({reasons}) -> {manifest_path}")
+        print(
+            f"{args.split} [{report.shard}]: requested {report.requested}, written {report.written} "
+            f"(reused {report.reused}), skipped {report.skipped} ({reasons}) -> {manifest_path}"
+        )
 
     run(body, parser, argv)
 

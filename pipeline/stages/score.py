@@ -34,8 +34,16 @@ def per_class_csv(result: dict, classes) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(PER_CLASS_COLUMNS)
     for i, (mid, name) in enumerate(zip(classes.mids, classes.names)):
-        writer.writerow([i, mid, name, _cell(result["per_class_AP"][mid]), _cell(result["per_class_AUC"][mid]),
-                         result["per_class_positives"][mid]])
+        writer.writerow(
+            [
+                i,
+                mid,
+                name,
+                _cell(result["per_class_AP"][mid]),
+                _cell(result["per_class_AUC"][mid]),
+                result["per_class_positives"][mid],
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -44,17 +52,23 @@ def summary_line(result: dict) -> str:
         return "nan" if value is None else format(value, spec)
 
     dp = "inf" if result["d_prime"] is None and result["mAUC"] == 1.0 else fmt(result["d_prime"], ".3f")
-    return (f"mAP {fmt(result['mAP'], '.4f')}  mAUC {fmt(result['mAUC'], '.4f')}  d' {dp}  "
-            f"({result['n_clips']} clips, {result['n_scored_classes']} classes scored, "
-            f"{len(result['classes_without_positives'])} without positives)")
+    return (
+        f"mAP {fmt(result['mAP'], '.4f')}  mAUC {fmt(result['mAUC'], '.4f')}  d' {dp}  "
+        f"({result['n_clips']} clips, {result['n_scored_classes']} classes scored, "
+        f"{len(result['classes_without_positives'])} without positives)"
+    )
 
 
 def main(argv=None):
     parser = params_parser(__doc__.splitlines()[0])
-    parser.add_argument("--scores", required=True,
-                        help="predictions (.npz/.h5 with scores, clip_ids, class_ids) or a headerless CSV matrix "
-                             "in manifest order")
-    parser.add_argument("--manifest", required=True, help="manifest CSV (clip_id,[audio,]labels); labels are class MIDs")
+    parser.add_argument(
+        "--scores",
+        required=True,
+        help="predictions (.npz/.h5 with scores, clip_ids, class_ids) or a headerless CSV matrix in manifest order",
+    )
+    parser.add_argument(
+        "--manifest", required=True, help="manifest CSV (clip_id,[audio,]labels); labels are class MIDs"
+    )
     parser.add_argument("--classes", required=True, help="class list (index,mid,display_name)")
     parser.add_argument("--out", required=True, help="output metrics JSON")
     parser.add_argument("--per-class-csv", help="also write index,mid,display_name,AP,AUC,positives here")
@@ -66,16 +80,22 @@ def main(argv=None):
         result = evaluate(labels, scores, classes.mids)
         if result["n_scored_classes"] == 0:
             raise PipelineError(f"{args.manifest}: no class has a positive clip; AP is undefined for every class")
-        payload = {**result, "inputs": {"scores": str(args.scores), "manifest": str(args.manifest),
-                                         "classes": str(args.classes)}}
+        payload = {
+            **result,
+            "inputs": {"scores": str(args.scores), "manifest": str(args.manifest), "classes": str(args.classes)},
+        }
         atomic_write_json(args.out, payload)
         if args.per_class_csv:
             atomic_write_text(args.per_class_csv, per_class_csv(result, classes))
         from pipeline.tracking import stage_run
 
-        with stage_run(params, "score", {"manifest": Path(args.manifest).stem, "scores": Path(args.scores).name}) as run_:
-            run_.log_metrics({k: result[k] for k in ("mAP", "mAUC", "d_prime") if result[k] is not None}
-                             | {"n_clips": result["n_clips"], "n_scored_classes": result["n_scored_classes"]})
+        with stage_run(
+            params, "score", {"manifest": Path(args.manifest).stem, "scores": Path(args.scores).name}
+        ) as run_:
+            run_.log_metrics(
+                {k: result[k] for k in ("mAP", "mAUC", "d_prime") if result[k] is not None}
+                | {"n_clips": result["n_clips"], "n_scored_classes": result["n_scored_classes"]}
+            )
         print(summary_line(result))
 
     run(body, parser, argv)

@@ -1,6 +1,6 @@
 """Normalisation statistics (mean, std) of the training split's fbank, or the paper's constants.
 
-    python -m pipeline.stages.stats --features data/features/train.h5 --out data/features/stats.json
+python -m pipeline.stages.stats --features data/features/train.h5 --out data/features/stats.json
 """
 
 from pipeline.cli import load_from_args, params_parser, run

@@ -1,6 +1,6 @@
 """Print what the pipeline has produced so far: clips and features per split, and the trained models.
 
-    python -m pipeline.stages.summary
+python -m pipeline.stages.summary
 """
 
 import csv
@@ -36,8 +36,10 @@ def training_table(histories: Path, seeds: list[int]) -> list[str]:
         with open(path, newline="") as handle:
             rows = list(csv.DictReader(handle))
         best = max(rows, key=lambda r: float(r["val_mAP"]))
-        lines.append(f"{f'seed-{seed}':<9} {len(rows):>6} {best['epoch']:>10} {float(best['val_mAP']):>8.4f} "
-                     f"{float(best['val_mAUC']):>8.4f} {float(best['val_d_prime']):>11.3f}")
+        lines.append(
+            f"{f'seed-{seed}':<9} {len(rows):>6} {best['epoch']:>10} {float(best['val_mAP']):>8.4f} "
+            f"{float(best['val_mAUC']):>8.4f} {float(best['val_d_prime']):>11.3f}"
+        )
     return lines
 
 

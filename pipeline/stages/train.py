@@ -19,15 +19,23 @@ from pipeline.cli import load_from_args, params_parser, run
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_write_text
 from pipeline.loader import Normaliser
+from pipeline.predictions import write_predictions
 from pipeline.sampling import weights_by_clip
 from pipeline.tracking import stage_run
-from pipeline.predictions import write_predictions
 from pipeline.train import Inputs, distributed_from_env, predict_file, train
 
 
 def relaunch_under_torchrun(devices: int, argv: list[str]) -> int:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
-               "-m", "pipeline.stages.train", *argv]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={devices}",
+        "-m",
+        "pipeline.stages.train",
+        *argv,
+    ]
     return subprocess.call(command)
 
 
@@ -42,8 +50,11 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, required=True, help="the run's seed (one of train.seeds)")
     parser.add_argument("--role", default="seed", choices=("seed", "teacher"), help="tag for tracking")
     parser.add_argument("--history", help="also copy history.csv here when done (a DVC plots file)")
-    parser.add_argument("--predict-features", help="after training, score this features file with best.pt "
-                        "(the teacher scores the training split for label enhancement)")
+    parser.add_argument(
+        "--predict-features",
+        help="after training, score this features file with best.pt "
+        "(the teacher scores the training split for label enhancement)",
+    )
     parser.add_argument("--predict-out", help="predictions file for --predict-features (.npz or .h5)")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -65,8 +76,9 @@ def main(argv=None):
         if params.train.devices > 1 and "RANK" not in os.environ:
             code = relaunch_under_torchrun(params.train.devices, sys.argv[1:] if argv is None else argv)
             if code:
-                raise PipelineError(f"torchrun with {params.train.devices} processes failed (exit {code}); "
-                                    "see the messages above")
+                raise PipelineError(
+                    f"torchrun with {params.train.devices} processes failed (exit {code}); see the messages above"
+                )
             return
         dist_info = distributed_from_env()
         if dist_info.world_size > 1:
@@ -77,20 +89,27 @@ def main(argv=None):
             raise PipelineError("sampling.balanced is true: pass --weights (from the weights stage)")
         # PSLA_RANK_REPORT: a folder where each DDP process records its draws and final weights (tests, audits)
         rank_report = Path(os.environ["PSLA_RANK_REPORT"]) if os.environ.get("PSLA_RANK_REPORT") else None
-        inputs = Inputs(Path(args.train_features), Path(args.val_features),
-                        weights_by_clip(args.weights) if args.weights else None,
-                        Normaliser.from_file(args.stats), read_classes(args.classes))
+        inputs = Inputs(
+            Path(args.train_features),
+            Path(args.val_features),
+            weights_by_clip(args.weights) if args.weights else None,
+            Normaliser.from_file(args.stats),
+            read_classes(args.classes),
+        )
         try:
             if dist_info.main:
                 with stage_run(params, "train", {"role": args.role, "seed": args.seed}) as run_:
-                    best = train(params, inputs, args.out, args.seed, run_, not args.no_progress, dist_info,
-                                 rank_report)
+                    best = train(
+                        params, inputs, args.out, args.seed, run_, not args.no_progress, dist_info, rank_report
+                    )
                 if args.history:
                     atomic_write_text(args.history, (Path(args.out) / "history.csv").read_text())
                 if args.predict_out:
                     predict_file(params, Path(args.out) / "best.pt", args.predict_features, args.predict_out)
-                print(f"{args.role} {args.seed}: best val mAP {best['val_mAP']:.4f} at epoch {best['epoch']} "
-                      f"-> {args.out}")
+                print(
+                    f"{args.role} {args.seed}: best val mAP {best['val_mAP']:.4f} at epoch {best['epoch']} "
+                    f"-> {args.out}"
+                )
             else:
                 train(params, inputs, args.out, args.seed, None, False, dist_info, rank_report)
         finally:
