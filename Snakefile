@@ -1,5 +1,7 @@
 # The same DAG as dvc.yaml, for clusters:  snakemake --cores 8 --profile slurm
-# Config is params.yaml (or --configfile presets/X.yaml on top of it); rules live in workflow/rules.
+# Config is params.yaml (or --configfile presets/X.yaml on top of it), validated like every stage's
+# params. Rules live in workflow/rules, their helpers in workflow/rules/common.smk; each rule reruns
+# when a param its stage lists in dvc.yaml or a pipeline/ module its command imports changes.
 
 configfile: "params.yaml"
 

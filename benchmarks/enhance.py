@@ -4,7 +4,7 @@
                                            [--types type1 type2] [--chunk-rows 16384]
 
 Issue 6: full AudioSet (2M clips x 527 classes) must be practical; this prints clips/s on a
-synthetic 200,000-clip set. Classes and ontology are AudioSet's (`../shared/data/audioset/`)
+synthetic 200,000-clip set. Classes and ontology are AudioSet's (the copies in `tests/fixtures/audioset/`)
 when present, else a synthetic 527-class tree (4 levels, a few abstract nodes).
 
 Baseline, the paper-style code written plainly: thresholds by a loop over classes
@@ -30,7 +30,7 @@ import numpy as np
 from pipeline.classes import ClassList, read_classes, read_ontology
 from pipeline.enhance import build_relations, enhance_labels
 
-AUDIOSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "audioset"
+AUDIOSET = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "audioset"
 
 
 def vocabulary(n_classes: int = 527, seed: int = 0):

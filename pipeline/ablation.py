@@ -28,6 +28,7 @@ from pathlib import Path
 from pipeline.config import Params
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_path, atomic_write_text
+from pipeline.metrics import is_finite, value_text
 
 SPLIT = "eval"
 
@@ -76,6 +77,12 @@ class Row:
     overrides: list[str]
     per_seed: dict[int, float] = field(default_factory=dict)
     note: str = ""
+    undefined: dict[int, str] = field(default_factory=dict)  # seed -> why its mAP is not a number
+
+    @property
+    def reason(self) -> str:
+        """Why seeds are missing from the mean: `seed 2: n/a (no class has a positive clip)`."""
+        return "; ".join(f"seed {s}: {value_text(None, note=why)}" for s, why in self.undefined.items())
 
     @property
     def mean(self) -> float | None:
@@ -199,44 +206,71 @@ def _split_of(evaluation: dict, split: str) -> dict:
 
 
 def per_seed(evaluation: dict, seeds: list[int], model: str = "wa") -> dict[int, float]:
+    """Seed -> mAP of each seed's `model`, for the seeds whose mAP is a finite number (see `undefined`)."""
     entries = _split_of(evaluation, SPLIT)
     missing = [s for s in seeds if f"seed-{s}/{model}" not in entries]
     if missing:
         raise PipelineError(
             f"the evaluation has no seed-{missing[0]}/{model} entry (is seed {missing[0]} in train.seeds?)"
         )
-    return {s: float(entries[f"seed-{s}/{model}"]["mAP"]) for s in seeds}
+    return {s: float(v) for s in seeds if is_finite(v := entries[f"seed-{s}/{model}"].get("mAP"))}
+
+
+def undefined(evaluation: dict, seeds: list[int], model: str = "wa") -> dict[int, str]:
+    """Seed -> why its `model`'s mAP is null in eval.json (its `mAP_note`), for the seeds `per_seed` leaves out."""
+    entries = _split_of(evaluation, SPLIT)
+    return {s: _why(e) for s in seeds if not is_finite((e := entries.get(f"seed-{s}/{model}", {})).get("mAP"))}
+
+
+def _why(entry: dict) -> str:
+    """An eval.json entry's reason for a null mAP, short: `no class has a positive clip`."""
+    return (entry.get("mAP_note") or "mAP undefined").removeprefix("undefined (").removesuffix(")")
+
+
+def _row(variant: str, technique: str, overrides: list[str], evaluation: dict, seeds, model="wa", note="") -> Row:
+    return Row(
+        variant,
+        technique,
+        overrides,
+        per_seed(evaluation, seeds, model),
+        note=note,
+        undefined=undefined(evaluation, seeds, model),
+    )
 
 
 def build_rows(params: Params, overrides: dict[str, list[str]], evaluations: dict[str, dict]) -> list[Row]:
     seeds = list(params.train.seeds)
     full = evaluations[FULL]
-    rows = [Row(FULL, "full recipe (weight-averaged models)", [], per_seed(full, seeds))]
+    rows = [_row(FULL, "full recipe (weight-averaged models)", [], full, seeds)]
     for variant, technique in TECHNIQUES.items():
         if variant not in overrides:
             continue
         if not overrides[variant]:
             rows.append(Row(variant, f"- {technique.label}", [], {}, note="already off in this recipe"))
             continue
-        rows.append(Row(variant, f"- {technique.label}", overrides[variant], per_seed(evaluations[variant], seeds)))
+        rows.append(_row(variant, f"- {technique.label}", overrides[variant], evaluations[variant], seeds))
     rows.append(
-        Row(
+        _row(
             "no_weight_averaging",
             "- weight averaging (best checkpoints)",
             [],
-            per_seed(full, seeds, "best"),
+            full,
+            seeds,
+            "best",
             note="read off the full recipe",
         )
     )
     ensemble = _split_of(full, SPLIT).get("seed-ensemble")
     if ensemble and len(seeds) > 1:
+        value = ensemble.get("mAP")
         rows.append(
             Row(
                 "seed_ensemble",
                 f"+ ensemble of the {len(seeds)} seeds",
                 [],
-                {0: float(ensemble["mAP"])},
+                {0: float(value)} if is_finite(value) else {},
                 note="read off the full recipe; one value, no spread",
+                undefined={} if is_finite(value) else {0: _why(ensemble)},
             )
         )
     return rows
@@ -254,8 +288,12 @@ def write_reports(rows: list[Row], out_dir: Path, command: str, seconds: float) 
     writer.writerow(["variant", "technique", "mAP_mean", "mAP_std", "delta", "seeds", "per_seed", "overrides", "note"])
     md = ["| technique | eval mAP (mean ± sd over seeds) | Δ vs full | seeds |", "|---|---|---|---|"]
     for row in rows:
-        delta = None if row.mean is None or row is rows[0] else row.mean - base
-        per = " ".join(f"{s}:{v:.4f}" for s, v in row.per_seed.items())
+        delta = None if row.mean is None or base is None or row is rows[0] else row.mean - base
+        # a seed whose mAP is null in eval.json shows as n/a here and is said why in the note
+        per = " ".join(
+            f"{s}:{row.per_seed[s]:.4f}" if s in row.per_seed else f"{s}:n/a"
+            for s in sorted({*row.per_seed, *row.undefined})
+        )
         writer.writerow(
             [
                 row.variant,
@@ -266,15 +304,17 @@ def write_reports(rows: list[Row], out_dir: Path, command: str, seconds: float) 
                 len(row.per_seed),
                 per,
                 " ".join(row.overrides),
-                row.note,
+                "; ".join(n for n in (row.note, row.reason) if n),
             ]
         )
         value = (
-            row.note
+            (row.reason or row.note)
             if row.mean is None
             else (f"{row.mean:.4f}" + (f" ± {row.spread:.4f}" if row.spread is not None else ""))
         )
-        note = f" ({row.note})" if row.note and row.mean is not None else ""
+        notes = [row.note] if row.note and (row.mean is not None or row.reason) else []
+        notes += [row.reason] if row.reason and row.mean is not None else []
+        note = f" ({'; '.join(notes)})" if notes else ""
         md.append(f"| {row.technique}{note} | {value} | {_fmt(delta, sign=True)} | {len(row.per_seed) or ''} |")
     md += ["", f"Produced by `{command}` in {seconds / 60:.1f} min; mAP on the `{SPLIT}` split."]
     paths = {"csv": out_dir / "ablation.csv", "md": out_dir / "ablation.md", "png": out_dir / "ablation.png"}
@@ -290,16 +330,21 @@ def _bar_plot(rows: list[Row], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [r for r in rows if r.mean is not None]
+    shown = [r for r in rows if r.mean is not None]  # a row without an mAP has no bar (the table says why)
+    base = rows[0].mean
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(shown) + 1.2))
     y = range(len(shown))
-    colours = ["tab:blue" if r is rows[0] else ("tab:green" if r.mean >= rows[0].mean else "tab:red") for r in shown]
+    colours = [
+        "tab:blue" if r is rows[0] or base is None else ("tab:green" if r.mean >= base else "tab:red") for r in shown
+    ]
     ax.barh(list(y), [r.mean for r in shown], xerr=[r.spread or 0.0 for r in shown], color=colours, capsize=3)
     ax.set_yticks(list(y), [r.technique for r in shown])
     ax.invert_yaxis()
-    ax.axvline(rows[0].mean, color="k", lw=0.8, ls="--")
-    low = min(r.mean - (r.spread or 0) for r in shown)
-    ax.set_xlim(max(0.0, low - 0.05), min(1.0, max(r.mean + (r.spread or 0) for r in shown) + 0.02))
+    if base is not None:
+        ax.axvline(base, color="k", lw=0.8, ls="--")
+    if shown:
+        low = min(r.mean - (r.spread or 0) for r in shown)
+        ax.set_xlim(max(0.0, low - 0.05), min(1.0, max(r.mean + (r.spread or 0) for r in shown) + 0.02))
     ax.set_xlabel(f"{SPLIT} mAP (mean ± sd over seeds)")
     ax.set_title("Ablation: each technique switched off")
     fig.tight_layout()
@@ -313,7 +358,10 @@ def log_to_mlflow(params: Params, rows: list[Row], paths: dict[str, Path], names
     from pipeline.tracking import stage_run
 
     with stage_run(params, "ablation", name="ablation") as parent:
-        parent.log_metrics({f"mAP_{r.variant}": r.mean for r in rows if r.mean is not None})
+        # a row without an mAP is not logged; the run is tagged with why (Run.log_metrics)
+        parent.log_metrics(
+            {f"mAP_{r.variant}": r.mean for r in rows}, notes={f"mAP_{r.variant}": r.reason or r.note for r in rows}
+        )
         for path in paths.values():
             parent.log_artifact(path)
         for row in rows:
@@ -322,7 +370,7 @@ def log_to_mlflow(params: Params, rows: list[Row], paths: dict[str, Path], names
                 "technique": row.technique,
                 "dvc_experiment": names.get(row.variant),
                 "overrides": " ".join(row.overrides) or None,
-                "note": row.note or None,
+                "note": "; ".join(n for n in (row.note, row.reason) if n) or None,
                 "mlflow.parentRunId": parent.run_id,
             }  # None (tracking off) is dropped by stage_run
             with stage_run(params, "ablation", tags=tags, name=f"ablation-{row.variant}") as child:

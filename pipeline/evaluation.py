@@ -39,7 +39,7 @@ from pipeline.aggregate import epoch_files
 from pipeline.classes import ClassList
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_write_json, atomic_write_text
-from pipeline.metrics import evaluate
+from pipeline.metrics import NO_POSITIVES, evaluate, json_ready, value_text
 from pipeline.model import count_parameters
 from pipeline.predictions import write_predictions
 
@@ -338,9 +338,10 @@ def evaluate_runs(
         for kind, path in named.items():
             if kind not in found:  # its epoch file is gone: run the file itself
                 found[kind], _ = predictor(path)
-            entries[f"{label}/{kind}"] = Entry(
-                f"{label}/{kind}", kind, 1, n_params, found[kind], {"epoch": wanted[kind][0]}
-            )
+            detail = {"epoch": wanted[kind][0]}
+            if kind == "best" and params.data.validates_on_eval:
+                detail["chosen_on_eval"] = True  # marked wherever it is reported: not a clean eval number
+            entries[f"{label}/{kind}"] = Entry(f"{label}/{kind}", kind, 1, n_params, found[kind], detail)
         wa_payload = load_checkpoint(wa_path)
         if not wa_payload.get("averaged_epochs"):
             raise PipelineError(f"{wa_path}: not a weight-averaged checkpoint (run the average stage on {run_dir})")
@@ -425,8 +426,12 @@ def _entry_json(entry: Entry, split: str) -> dict:
     }
     if "epoch" in entry.detail:
         out["epoch"] = entry.detail["epoch"]
+    if entry.detail.get("chosen_on_eval"):
+        out["chosen_on_eval"] = True
     if "averaged_epochs" in entry.detail:
         out["averaged_epochs"] = entry.detail["averaged_epochs"]
+    # why a value above is null (d-prime of a perfect ranking, no positives): only when one is
+    out.update({k: v for k, v in m.items() if k.endswith("_note")})
     return out
 
 
@@ -437,7 +442,7 @@ def metrics_document(result: Evaluation) -> dict:
     doc = {name: _entry_json(entry, first.name) for name, entry in result.entries.items()}
     for split in others:
         doc[split.name] = {name: _entry_json(entry, split.name) for name, entry in result.entries.items()}
-    return doc
+    return json_ready(doc)  # valid JSON whatever a metric is: null, never a bare NaN or Infinity
 
 
 def per_class_csv(result: Evaluation, split: Split) -> str:
@@ -453,7 +458,7 @@ def per_class_csv(result: Evaluation, split: Split) -> str:
 
 
 def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    return value_text(value, spec)
 
 
 def _params_text(n: int) -> str:
@@ -465,7 +470,9 @@ def summary_table(result: Evaluation, split: Split) -> str:
     first = next(iter(result.entries.values())).metrics[split.name]
     shown = {}
     for name, entry in result.entries.items():
-        if "epoch" in entry.detail:
+        if entry.detail.get("chosen_on_eval"):
+            shown[name] = f"{name} (epoch {entry.detail['epoch']}, chosen on eval*)"
+        elif "epoch" in entry.detail:
             shown[name] = f"{name} (epoch {entry.detail['epoch']})"
         elif entry.kind in ("wa", "checkpoint-ensemble"):
             shown[name] = f"{name} (epochs {entry.detail['epochs']})"
@@ -477,12 +484,24 @@ def summary_table(result: Evaluation, split: Split) -> str:
         f"classes with a positive clip ({split.features})",
         f"{'model':<{width}} {'members':>7} {'params':>8} {'mAP':>7} {'AUC':>7} {'d-prime':>8}",
     ]
+    notes: dict[str, str] = {}
     for name, entry in result.entries.items():
         m = entry.metrics[split.name]
         d = "inf" if m["d_prime"] is None and m["mAUC"] == 1.0 else _fmt(m["d_prime"], ".3f")
+        d = "-inf" if m["d_prime"] is None and m["mAUC"] == 0.0 else d
         lines.append(
             f"{shown[name]:<{width}} {entry.members:>7} {_params_text(entry.parameters):>8} "
             f"{_fmt(m['mAP'], '.4f'):>7} {_fmt(m['mAUC'], '.4f'):>7} {d:>8}"
+        )
+        for key, label in (("mAP", "mAP"), ("mAUC", "AUC"), ("d_prime", "d-prime")):
+            if m.get(f"{key}_note"):
+                notes.setdefault(f"{label} {m[f'{key}_note']}", name)
+    # a cell that is inf or n/a says why below the table, once per reason (with the first model it is for)
+    lines += [f"  {text} (e.g. {name})" for text, name in notes.items()]
+    if any(e.detail.get("chosen_on_eval") for e in result.entries.values()):
+        lines.append(
+            "  * chosen on eval (data.audioset.val: eval): validation watched the eval split, so this "
+            "is not a clean eval number; report last, wa or the ensembles"
         )
     return "\n".join(lines)
 
@@ -586,24 +605,27 @@ def log_evaluation(run, result: Evaluation, outputs: Outputs) -> dict[int, str]:
     if train_runs:
         tags["summarises"] = ",".join(train_runs[r.seed] for r in result.runs if r.seed in train_runs)
     run.set_tags(tags)
-    metrics = {}
+    metrics, notes = {}, {}
     for split in result.splits:
         for name, entry in result.entries.items():
             m = entry.metrics[split.name]
             for key in ("mAP", "mAUC", "d_prime"):
-                if m[key] is not None:
-                    metrics[f"{split.name}/{name}/{key}"] = m[key]
+                # a null value is not logged; Run.log_metrics tags the run with its note instead
+                metrics[f"{split.name}/{name}/{key}"] = m[key]
+                if m.get(f"{key}_note"):
+                    notes[f"{split.name}/{name}/{key}"] = m[f"{key}_note"]
         epochs = sorted({e for r in result.runs for e in r.epoch_mAP[split.name]})
         for epoch in epochs:
             run.log_metrics(
                 {
                     f"{split.name}/{r.label}/epoch_mAP": r.epoch_mAP[split.name][epoch]
                     for r in result.runs
-                    if r.epoch_mAP[split.name].get(epoch) is not None
+                    if epoch in r.epoch_mAP[split.name]
                 },
                 step=epoch,
+                notes={f"{split.name}/{r.label}/epoch_mAP": NO_POSITIVES for r in result.runs},
             )
-    run.log_metrics(metrics)
+    run.log_metrics(metrics, notes=notes)
     run.log_params({"extra_members": ",".join(result.extra_members) or "none"})
     run.log_artifact(outputs.metrics)
     run.log_artifact(outputs.summary)

@@ -1,6 +1,6 @@
 """Kaldi fbank features, computed once per clip and stored in HDF5 for training.
 
-The file contract (DESIGN.md): `fbank [N, T, F]` float16 time-major, one clip per chunk for
+The file contract (docs/recipe.md, "Features"): `fbank [N, T, F]` float16 time-major, one clip per chunk for
 random access; `n_frames [N]` (real frames before padding); `clip_id [N]`; `labels [N, C]`
 uint8; attributes for the sample rate, the fbank options and the class ids. Clips are
 written one at a time into a preallocated file, so memory does not grow with N.
@@ -32,7 +32,7 @@ from pipeline.report import StageReport
 from pipeline.shards import shard_slice
 
 DATASETS = ("fbank", "n_frames", "clip_id", "labels")
-# The paper's fbank: fixed options (DESIGN.md); frame geometry and mel bins come from params.
+# The paper's fbank: fixed options (docs/recipe.md, "Features"); frame geometry and mel bins come from params.
 KALDI_OPTIONS = {"htk_compat": True, "use_energy": False, "window_type": "hanning", "dither": 0.0}
 
 

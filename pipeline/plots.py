@@ -9,7 +9,10 @@
 - `map_per_epoch`: mAP of every epoch checkpoint of each run, with the levels of the weight-averaged
   models and the ensembles as constant columns (horizontal lines in the PNG).
 
-Each function returns the files it wrote (atomically).
+Each function returns the files it wrote (atomically). Undefined or infinite values never stop a plot
+(docs/recipe.md, "Metrics"): a class without an AP (no positive clip) is left out of the AP bars and
+curves, an epoch or level without a finite mAP is an empty CSV cell and no point, line or bar, and a
+title says `n/a` where the headline value is undefined.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io import atomic_path, atomic_write_text
+from pipeline.metrics import is_finite, value_text
 
 RECALL_GRID = np.linspace(0.0, 1.0, 101)
 MAX_BARS = 60
@@ -57,7 +61,7 @@ def _csv(path: Path, header: Sequence[str], rows) -> Path:
 def _scored(metrics: dict, classes) -> list[tuple[int, float]]:
     """(class index, AP) of the classes with an AP, best first (ties in class order)."""
     ap = metrics["per_class_AP"]
-    scored = [(i, ap[mid]) for i, mid in enumerate(classes.mids) if ap.get(mid) is not None]
+    scored = [(i, float(ap[mid])) for i, mid in enumerate(classes.mids) if is_finite(ap.get(mid))]
     return sorted(scored, key=lambda t: (-t[1], t[0]))
 
 
@@ -79,7 +83,7 @@ def per_class_ap(stem: str | Path, labels: np.ndarray, metrics: dict, classes, t
     ax.set_xlim(0, 1)
     ax.set_xlabel("average precision")
     cut = "" if len(shown) == len(scored) else f" ({MAX_BARS // 2} best and worst of {len(scored)})"
-    ax.set_title(f"per-class AP, {title}{cut}; mAP {metrics['mAP']:.4f}", fontsize=9)
+    ax.set_title(f"per-class AP, {title}{cut}; mAP {value_text(metrics.get('mAP'))}", fontsize=9)
     fig.tight_layout()
     return [table, _save(fig, stem.with_suffix(".png"))]
 
@@ -139,7 +143,8 @@ def pr_curves(
     ax.set_xlim(0, 1), ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall"), ax.set_ylabel("precision")
     ax.set_title(f"precision-recall, best and worst classes, {title}", fontsize=9)
-    ax.legend(fontsize=7, loc="lower left")
+    if curves:  # none when no class has a positive clip
+        ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return [table, names, _save(fig, stem.with_suffix(".png"))]
 
@@ -150,7 +155,8 @@ def map_per_epoch(
     """`runs`: run label -> {epoch: mAP}; `levels`: model name -> mAP (weight averages, ensembles)."""
     stem = Path(stem)
     epochs = sorted({e for per in runs.values() for e in per})
-    levels = {k: v for k, v in levels.items() if v is not None}
+    levels = {k: float(v) for k, v in levels.items() if is_finite(v)}
+    runs = {label: {e: (float(v) if is_finite(v) else None) for e, v in per.items()} for label, per in runs.items()}
 
     def cell(value):
         return "" if value is None else f"{value:.6f}"
@@ -164,7 +170,7 @@ def map_per_epoch(
     fig, ax = plt.subplots(figsize=(8, 5))
     colours = {label: f"C{i}" for i, label in enumerate(runs)}
     for label, per in runs.items():
-        xs = sorted(per)
+        xs = sorted(e for e, v in per.items() if v is not None)
         ax.plot(xs, [per[e] for e in xs], marker="o", color=colours[label], label=f"{label}, per epoch")
     for name, value in levels.items():
         run = name.split("/")[0]

@@ -21,8 +21,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pipeline.config import Params
+from pipeline.metrics import is_finite, non_finite_note
 
 RETRIES = 8
+# The UI opens a model-training experiment on its runs table (a GenAI one on traces)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+SYSTEM_METRICS_STAGES = ("train",)  # MLflow's system metrics (CPU, memory, GPU) while these run
+NOTE_TAG = "metric_note."  # + metric key: why a value was not logged (see Run.log_metrics)
 
 
 def tracking_uri(params: Params) -> str:
@@ -97,11 +102,15 @@ class _Store:
     def experiment_id(self, name: str) -> str:
         found = self.call(self.client.get_experiment_by_name, name)
         if found:
+            if EXPERIMENT_KIND[0] not in found.tags:
+                self.call(self.client.set_experiment_tag, found.experiment_id, *EXPERIMENT_KIND)
             return found.experiment_id
         db = _sqlite_path(self.uri)
         artifacts = (db.parent / "mlartifacts").as_uri() if db else None
         try:
-            return self.call(self.client.create_experiment, name, artifact_location=artifacts)
+            return self.call(
+                self.client.create_experiment, name, artifact_location=artifacts, tags=dict([EXPERIMENT_KIND])
+            )
         except Exception:  # created meanwhile by another process
             found = self.call(self.client.get_experiment_by_name, name)
             if found is None:
@@ -122,13 +131,27 @@ class Run:
         for start in range(0, len(items), 100):  # MLflow's per-batch limit
             self._store.call(self._store.client.log_batch, self.run_id, params=items[start : start + 100])
 
-    def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
+    def log_metrics(
+        self, values: dict[str, float | None], step: int | None = None, notes: dict[str, str] | None = None
+    ) -> None:
+        """Log finite values as metrics. MLflow stores no NaN, infinity or missing value (None), so such a
+        value is not logged: the run gets the tag `metric_note.<key>` saying what it was and why (`notes`:
+        key -> meaning, e.g. d-prime `inf (mAUC 1: a perfect ranking ...)`), and the stage goes on."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in values.items()]
+        items, skipped = [], {}
+        for key, value in values.items():
+            if is_finite(value):
+                items.append(Metric(key, float(value), now, step or 0))
+            else:
+                why = (notes or {}).get(key) or non_finite_note(value)
+                at = "" if step is None else f" at step {step}"
+                skipped[f"{NOTE_TAG}{key}"] = f"{why}{at}; not logged (MLflow takes finite numbers only)"
         for start in range(0, len(items), 1000):
             self._store.call(self._store.client.log_batch, self.run_id, metrics=items[start : start + 1000])
+        if skipped:
+            self.set_tags(skipped)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -149,6 +172,17 @@ class Run:
             max_results=max_results,
         )
 
+    def log_dataset(
+        self, path: str | Path, context: str, name: str | None = None, clips: int | None = None, digest=None
+    ) -> None:
+        """Record a file this run read as an MLflow dataset input (the UI's Datasets column): name, digest,
+        source and number of clips; `context` says what for (train, val, eval, ...). The digest is the
+        features file's content digest when it has one, else a hash of the file's bytes."""
+        from pipeline.mlflow_pipeline import dataset_input
+
+        found = dataset_input(path, context, name, clips, digest)
+        self._store.call(self._store.client.log_inputs, self.run_id, [found])
+
 
 class NullRun(Run):
     """What a stage gets with `tracking.enabled: false`: every call does nothing."""
@@ -159,7 +193,7 @@ class NullRun(Run):
     def log_params(self, values):
         pass
 
-    def log_metrics(self, values, step=None):
+    def log_metrics(self, values, step=None, notes=None):
         pass
 
     def set_tags(self, tags):
@@ -171,13 +205,18 @@ class NullRun(Run):
     def search_siblings(self, filter_string, max_results=20):
         return []
 
+    def log_dataset(self, path, context, name=None, clips=None, digest=None):
+        pass
+
 
 @contextlib.contextmanager
 def stage_run(params: Params, stage: str, tags: dict[str, Any] | None = None, name: str | None = None) -> Iterator[Run]:
     """One MLflow run for one stage execution, tagged so runs can be found and compared.
 
     Tags: stage, dataset, git commit, params hash, plus the caller's (split, shard, seed, ...).
-    The run ends FINISHED, or FAILED if the stage raised.
+    The run ends FINISHED, or FAILED if the stage raised. Under `dvc repro`, `dvc exp run` or
+    `snakemake` it is nested under the pipeline execution's parent run (`pipeline/mlflow_pipeline.py`);
+    train runs log MLflow's system metrics.
     """
     if not params.tracking.enabled:
         yield NullRun()
@@ -193,15 +232,54 @@ def stage_run(params: Params, stage: str, tags: dict[str, Any] | None = None, na
         "params_hash": params.digest(),
         **{k: v for k, v in (tags or {}).items() if v is not None},
     }
-    run_name = name or "-".join([stage, *(str(v) for k, v in (tags or {}).items() if v is not None)])
+    from pipeline import mlflow_pipeline
+
+    run_name = name or mlflow_pipeline.run_name(stage, tags, len(params.data.shards))
+    all_tags.update(mlflow_pipeline.source_tags(stage))
+    parent = None
+    if "mlflow.parentRunId" not in all_tags:  # the ablation nests its own runs
+        parent = mlflow_pipeline.pipeline_parent(store, experiment, params)
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
     created = store.call(
         store.client.create_run, experiment, run_name=run_name, tags={k: str(v) for k, v in all_tags.items()}
     )
     run = Run(store, created.info.run_id)
     run.log_params(flatten(params.model_dump(mode="json")))
+    if stage == "ablation" and all_tags.get("dvc_experiment"):  # a variant: its experiment's pipeline run
+        mlflow_pipeline.adopt_experiment(store, experiment, run.run_id, str(all_tags["dvc_experiment"]))
+    for path, context in mlflow_pipeline.argv_inputs(stage):
+        run.log_dataset(path, context)
+    monitor = mlflow_pipeline.system_metrics(store, run.run_id) if stage in SYSTEM_METRICS_STAGES else None
     status = "FAILED"
     try:
         yield run
         status = "FINISHED"
     finally:
+        if monitor is not None:
+            monitor.finish()
         store.call(store.client.set_terminated, run.run_id, status)
+        if parent and status == "FAILED":  # the pipeline execution failed with it
+            store.call(store.client.set_terminated, parent, "FAILED")
+
+
+# The MLflow-only parts of the evaluate stage, reached through this module (exempt from the stages' code
+# dependencies, pipeline/stage_deps.py): logging models and ending the pipeline's parent run change no output.
+
+
+def log_evaluated_models(run: Run, params: Params, result, wa: list[str]) -> dict[str, str]:
+    from pipeline.mlflow_model import log_evaluated_models as log
+
+    return log(run, params, result, wa)
+
+
+def headline_metrics(result) -> tuple[dict[str, float | None], dict[str, str]]:
+    from pipeline.mlflow_pipeline import headline_metrics as headline
+
+    return headline(result)
+
+
+def finish_pipeline(run: Run, metrics: dict[str, float | None], notes: dict[str, str] | None = None) -> str | None:
+    from pipeline.mlflow_pipeline import finish_pipeline as finish
+
+    return finish(run, metrics, notes)

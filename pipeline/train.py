@@ -2,8 +2,9 @@
 
 Read top to bottom: setup, resume, the epoch loop (train, validate, checkpoint, log), done.
 
-Recipe (DESIGN.md): BCE on outputs clamped to [1e-7, 1 - 1e-7]; Adam (weight decay, betas);
-linear warm-up over the first `train.warmup_steps` steps; epoch e uses
+Recipe (docs/recipe.md, "Loss, optimizer and schedule"): BCE on outputs clamped to [1e-7, 1 - 1e-7]; Adam;
+a warm-up over the first `train.warmup_steps` steps (`train.warmup`: linear, or the paper's staircase,
+see `learning_rate`); epoch e uses
 lr * lr_decay ** (number of milestones lr_decay_start, lr_decay_start + lr_decay_every, ...
 that are < e), i.e. the rate drops after epoch lr_decay_start and every lr_decay_every epochs
 after it. Batches come from the balanced sampler; mixup, SpecAugment and normalisation run on
@@ -38,7 +39,7 @@ from pipeline.errors import PipelineError
 from pipeline.features import fbank_options
 from pipeline.io import atomic_path, atomic_write_text
 from pipeline.loader import FeatureDataset, Normaliser, aligned_weights, device_batches, eval_loader, train_loader
-from pipeline.metrics import evaluate
+from pipeline.metrics import d_prime, evaluate, summary_notes
 from pipeline.model import count_parameters, create_model, describe
 from pipeline.perf import tune_host_allocator
 from pipeline.predictions import write_predictions
@@ -98,12 +99,34 @@ def resolve_device(params: Params, dist_info: Distributed) -> torch.device:
     return torch.device(wanted)
 
 
-def learning_rate(params: Params, epoch: int, step: int) -> float:
-    """`step` counts optimizer steps from 1; `epoch` counts from 1."""
+PAPER_WARMUP_EVERY = 50  # the official code raises the rate every 50 steps
+
+
+def _decays_before(cfg, epoch: int) -> int:
+    """Milestones lr_decay_start, lr_decay_start + lr_decay_every, ... that are < epoch."""
+    return 0 if epoch <= cfg.lr_decay_start else (epoch - cfg.lr_decay_start - 1) // cfg.lr_decay_every + 1
+
+
+def learning_rate(params: Params, epoch: int, step: int, steps_per_epoch: int | None = None) -> float:
+    """The rate of optimizer step `step` (counted from 1) in epoch `epoch` (counted from 1).
+
+    `train.warmup: linear`: lr x min(1, step / warmup_steps) x lr_decay ** (milestones passed).
+    `train.warmup: paper`, the official traintest.py: its step counter g starts at 0 (g = step - 1);
+    while g <= warmup_steps, every 50th step *sets* the rate to g / warmup_steps x lr, so steps 0-49 run
+    at 0 and the rate is lr from g = warmup_steps on. The epoch decay (MultiStepLR, stepped at the end of
+    each epoch) multiplies whatever rate is set, so a decay that happens before the last warm-up setting
+    is overwritten by it: only milestones from the epoch of that setting on count. `steps_per_epoch`
+    places the settings in epochs (needed for paper; without it they are taken to fall in epoch 1).
+    """
     cfg = params.train
-    warm = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    drops = 0 if epoch <= cfg.lr_decay_start else (epoch - cfg.lr_decay_start - 1) // cfg.lr_decay_every + 1
-    return cfg.lr * warm * cfg.lr_decay**drops
+    if cfg.warmup == "linear" or not cfg.warmup_steps:
+        warm = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        return cfg.lr * warm * cfg.lr_decay ** _decays_before(cfg, epoch)
+    g = step - 1
+    last_set = min(g, cfg.warmup_steps) // PAPER_WARMUP_EVERY * PAPER_WARMUP_EVERY
+    set_in_epoch = last_set // steps_per_epoch + 1 if steps_per_epoch else 1
+    drops = _decays_before(cfg, epoch) - _decays_before(cfg, set_in_epoch)
+    return cfg.lr * last_set / cfg.warmup_steps * cfg.lr_decay**drops
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -227,7 +250,24 @@ def validate(model, params, features, norm, device, class_ids) -> dict:
     scores, labels = predict(model, params, features, norm, device)
     loss = bce(torch.from_numpy(scores), torch.from_numpy(labels)).item()
     metrics = evaluate(labels, scores, list(class_ids))
-    return {"val_loss": loss, "val_mAP": metrics["mAP"], "val_mAUC": metrics["mAUC"], "val_d_prime": metrics["d_prime"]}
+    # History rows hold floats: NaN where a metric is undefined (no positives), +-inf for the d-prime of
+    # mAUC 1 or 0; history.csv writes them as nan / inf (docs/recipe.md, "Metrics"), MLflow tags them.
+    m_ap = math.nan if metrics["mAP"] is None else metrics["mAP"]
+    m_auc = math.nan if metrics["mAUC"] is None else metrics["mAUC"]
+    return {"val_loss": loss, "val_mAP": m_ap, "val_mAUC": m_auc, "val_d_prime": d_prime(m_auc)}
+
+
+def metric_notes(row: dict) -> dict[str, str]:
+    """What each validation value of a history row that is not a finite number means (for MLflow's tags)."""
+    notes = summary_notes(row["val_mAP"], row["val_mAUC"])
+    return {f"val_{key[: -len('_note')]}": note for key, note in notes.items()} | (
+        {"best_val_mAP": notes["mAP_note"]} if "mAP_note" in notes else {}
+    )
+
+
+def improves(value: float, best: float) -> bool:
+    """Whether a validation mAP beats the best so far; an undefined one (NaN) never does, and any beats it."""
+    return not math.isnan(value) and (math.isnan(best) or value > best)
 
 
 def write_history(path: Path, rows: list[dict]) -> None:
@@ -387,11 +427,11 @@ def train(
             mininterval=1.0,
         )
         fetched = time.perf_counter()
-        drawn.extend(int(i) for i in loader.sampler)
+        drawn.extend(int(i) for i in (loader.sampler.rows() if hasattr(loader.sampler, "rows") else loader.sampler))
         for x, y in device_batches(loader, params, inputs.norm, device, generator):
             waited += time.perf_counter() - fetched
             step += 1
-            lr = learning_rate(params, epoch, step)
+            lr = learning_rate(params, epoch, step, len(loader))
             loss_value = train_step(trained, optimizer, scaler, x, y, lr, amp_dtype if use_amp else None)
             if not math.isfinite(loss_value):
                 raise PipelineError(
@@ -421,7 +461,7 @@ def train(
                 **validate(model, params, inputs.val_features, inputs.norm, device, inputs.classes.mids),
             }
             history.append(row)
-            improved = row["val_mAP"] > best["val_mAP"]
+            improved = "epoch" not in best or improves(row["val_mAP"], best["val_mAP"])
             if improved:
                 best = {**row}
             payload = {
@@ -444,7 +484,9 @@ def train(
             save_checkpoint(last, payload)  # last: the resume point, written after the epoch's own file
             write_history(out_dir / "history.csv", history)
             if run is not None:
-                run.log_metrics({k: v for k, v in row.items() if k not in ("epoch", "step")}, step=epoch)
+                run.log_metrics(
+                    {k: v for k, v in row.items() if k not in ("epoch", "step")}, step=epoch, notes=metric_notes(row)
+                )
             print(
                 f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
                 f"val mAP {row['val_mAP']:.4f}, {row['clips_per_second']:.0f} clips/s, "
@@ -479,5 +521,5 @@ def train(
         if run is not None:
             run.log_artifact(out_dir / "history.csv")
             run.log_artifact(out_dir / "curves.png")
-            run.log_metrics({"best_epoch": best["epoch"], "best_val_mAP": best["val_mAP"]})
+            run.log_metrics({"best_epoch": best["epoch"], "best_val_mAP": best["val_mAP"]}, notes=metric_notes(best))
     return best

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import subprocess
@@ -19,7 +20,10 @@ import soundfile as sf  # noqa: E402
 import yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# Fixtures and golden files of the fidelity tests, part of the repository (see tests/fixtures/README.md).
+FIXTURES = REPO / "tests" / "fixtures"
+AUDIOSET_META = FIXTURES / "audioset"  # class_labels_indices.csv, ontology.json
+LABEL_FIXTURE = FIXTURES / "label-fixture"  # labels.csv, teacher_scores.csv.gz, official/
 
 
 def tone(seconds: float, rate: int, channels: int = 1, freq: float = 440.0) -> np.ndarray:
@@ -71,6 +75,15 @@ def no_proxy(monkeypatch):
 
 def write_params(path: Path, tree: dict) -> Path:
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def teacher_scores_csv(tmp_path_factory) -> Path:
+    """The label fixture's teacher scores as the plain CSV matrix the stages read (stored gzipped)."""
+    path = tmp_path_factory.mktemp("label-fixture") / "teacher_scores.csv"
+    with gzip.open(LABEL_FIXTURE / "teacher_scores.csv.gz", "rb") as source, open(path, "wb") as out:
+        shutil.copyfileobj(source, out)
     return path
 
 
@@ -164,12 +177,3 @@ def folder_dataset(tmp_path, audio_classes, store_uri) -> dict:
         "data_rows": len(FOLDER_ROWS) + 1,
         "classes": audio_classes,
     }
-
-
-def needs_shared(*paths) -> pytest.MarkDecorator:
-    """Fidelity tests read ../shared: without it they skip locally, but in CI (CI set) they run and fail."""
-    missing = [str(p) for p in paths if not Path(p).exists()]
-    return pytest.mark.skipif(
-        bool(missing) and not os.environ.get("CI"),
-        reason=f"{', '.join(missing)} not present (the shared folder beside the checkout)",
-    )

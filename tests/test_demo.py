@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import types
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline import demo
-from tests.conftest import needs_shared
-
-# the real AudioSet class list and ontology, to check the demo classes against (the shared
-# data folder next to the checkout, or DEMO_AUDIOSET_META_DIR)
-SHARED_AUDIOSET = Path(
-    os.environ.get("DEMO_AUDIOSET_META_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "audioset")
-)
-needs_audioset_meta = needs_shared(SHARED_AUDIOSET / "ontology.json", SHARED_AUDIOSET / "class_labels_indices.csv")
+from tests.conftest import AUDIOSET_META  # the real AudioSet class list and ontology, to check the demo's against
 
 
 def make_cfg(**over):
@@ -109,9 +100,8 @@ def test_many_events_per_clip():
 # ------------------------------------------------------------------- classes / ontology
 
 
-@needs_audioset_meta
 def test_class_table_uses_real_audioset_classes():
-    with open(SHARED_AUDIOSET / "class_labels_indices.csv", newline="") as f:
+    with open(AUDIOSET_META / "class_labels_indices.csv", newline="") as f:
         real = {r["mid"]: r["display_name"] for r in csv.DictReader(f)}
     table = demo.class_table()
     assert len(table) >= 10
@@ -122,9 +112,8 @@ def test_class_table_uses_real_audioset_classes():
         assert real[c["mid"]] == c["display_name"], c
 
 
-@needs_audioset_meta
 def test_ontology_links_are_real_and_format_is_audioset():
-    real = {e["id"]: e for e in json.loads((SHARED_AUDIOSET / "ontology.json").read_text())}
+    real = {e["id"]: e for e in json.loads((AUDIOSET_META / "ontology.json").read_text())}
     ont = demo.ontology()
     mids = [c["mid"] for c in demo.class_table()]
     assert [e["id"] for e in ont] == mids

@@ -22,10 +22,10 @@ from pipeline.download import DownloadError
 from pipeline.errors import PipelineError
 from pipeline.fsd50k import reassemble_split_zip
 from pipeline.prepare import prepare_split
-from tests.conftest import SHARED, run_module, write_params
+from tests.conftest import FIXTURES, run_module, write_params
 from tests.test_download import closed_port, serve
 
-SHARED_CLASSES = SHARED / "data" / "fsd50k" / "class_labels_indices.csv"
+FSD50K_CLASSES = FIXTURES / "fsd50k" / "class_labels_indices.csv"
 VOCAB = [
     (0, "Accelerating_and_revving_and_vroom", "/m/07q2z82"),
     (1, "Accordion", "/m/0mkg"),
@@ -275,9 +275,8 @@ def test_a_missing_part_is_a_clear_error(tmp_path):
     assert not (tmp_path / "out.zip").exists()
 
 
-@pytest.mark.skipif(not SHARED_CLASSES.is_file(), reason="../shared/data/fsd50k not present")
 def test_class_list_is_the_200_classes_in_vocabulary_order(tmp_path):
-    with open(SHARED_CLASSES, newline="") as handle:
+    with open(FSD50K_CLASSES, newline="") as handle:
         expected = [(int(r["index"]), r["display_name"], r["mid"]) for r in csv.DictReader(handle)]
     assert len(expected) == 200
     files = _release(vocab=expected)

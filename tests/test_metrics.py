@@ -18,13 +18,10 @@ from pipeline.manifest import Entry, read_manifest, write_manifest
 from pipeline.metrics import ap_and_auc, average_precision, d_prime, evaluate, roc_auc
 from pipeline.predictions import load_scores_for, read_predictions, write_predictions
 from pipeline.sampling import label_matrix
-from tests.conftest import SHARED, run_module, write_params
+from tests.conftest import AUDIOSET_META, LABEL_FIXTURE, run_module, write_params
 
-FIXTURE = SHARED / "reference" / "label-fixture"
-AUDIOSET_CLASSES = SHARED / "data" / "audioset" / "class_labels_indices.csv"
-needs_fixture = pytest.mark.skipif(
-    not FIXTURE.is_dir() or not AUDIOSET_CLASSES.is_file(), reason="../shared/reference is not present"
-)
+FIXTURE = LABEL_FIXTURE
+AUDIOSET_CLASSES = AUDIOSET_META / "class_labels_indices.csv"
 
 
 def sklearn_per_class(labels, scores):
@@ -45,8 +42,7 @@ def sklearn_per_class(labels, scores):
 # Fidelity to the paper's evaluation, through the CLI
 
 
-@needs_fixture
-def test_score_stage_matches_official(tmp_path, store_uri):
+def test_score_stage_matches_official(tmp_path, store_uri, teacher_scores_csv):
     params = write_params(tmp_path / "params.yaml", {"tracking": {"uri": store_uri}})
     out, per_class = tmp_path / "metrics.json", tmp_path / "per_class.csv"
     proc = run_module(
@@ -54,7 +50,7 @@ def test_score_stage_matches_official(tmp_path, store_uri):
         "--params",
         str(params),
         "--scores",
-        str(FIXTURE / "teacher_scores.csv"),
+        str(teacher_scores_csv),
         "--manifest",
         str(FIXTURE / "labels.csv"),
         "--classes",
@@ -96,12 +92,11 @@ def test_score_stage_matches_official(tmp_path, store_uri):
     assert runs[0].data.metrics["d_prime"] == pytest.approx(ours["d_prime"])
 
 
-@needs_fixture
-def test_predictions_file_in_another_order_scores_the_same(tmp_path):
+def test_predictions_file_in_another_order_scores_the_same(tmp_path, teacher_scores_csv):
     """A float32 .npz with the clips shuffled (and extra clips) scores as the manifest-ordered matrix."""
     entries = read_manifest(FIXTURE / "labels.csv")
     classes = read_classes(AUDIOSET_CLASSES)
-    scores = np.loadtxt(FIXTURE / "teacher_scores.csv", delimiter=",").astype(np.float32)
+    scores = np.loadtxt(teacher_scores_csv, delimiter=",").astype(np.float32)
     order = np.random.default_rng(0).permutation(len(entries))
     extra = np.random.default_rng(1).random((5, len(classes)), dtype=np.float32)
     write_predictions(

@@ -21,10 +21,10 @@ from pipeline.sampling import (
     weights_by_clip,
     write_weights,
 )
-from tests.conftest import SHARED, needs_shared, run_module, write_params
+from tests.conftest import AUDIOSET_META, LABEL_FIXTURE, run_module, write_params
 
-FIXTURE = SHARED / "reference" / "label-fixture"
-AUDIOSET_CLASSES = SHARED / "data" / "audioset" / "class_labels_indices.csv"
+FIXTURE = LABEL_FIXTURE
+AUDIOSET_CLASSES = AUDIOSET_META / "class_labels_indices.csv"
 
 
 def read_csv(path):
@@ -45,7 +45,6 @@ def naive_weights(entries, mids):
 # Weights
 
 
-@needs_shared(FIXTURE, AUDIOSET_CLASSES)
 def test_weights_stage_matches_official(tmp_path, store_uri):
     params = write_params(tmp_path / "params.yaml", {"tracking": {"uri": store_uri}})
     out = tmp_path / "weights.csv"

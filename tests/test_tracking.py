@@ -60,7 +60,7 @@ def test_run_carries_stage_tags_params_and_artifacts(tmp_path, store_uri):
     assert got.data.params["data.demo.seed"] == "0"
     assert got.data.metrics["written"] == 3
     assert [a.path for a in client.list_artifacts(run.run_id)] == ["report.json"]
-    assert got.info.run_name == "prepare-val"
+    assert got.info.run_name == "prepare val"
 
 
 def test_a_failing_stage_marks_its_run_failed(store_uri):

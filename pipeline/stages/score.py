@@ -7,6 +7,9 @@
 matrix in manifest order (one row per clip, one score per class, no header: the format of the
 paper's published predictions). No model runs. mAP and mAUC are macro means over the classes
 with at least one positive clip; d-prime is that of mAUC; the classes left out are listed.
+A value that is undefined or infinite (d-prime of a perfect ranking) is null in the JSON with
+`<key>_note` beside it saying which, an empty per-class cell, and a tag in MLflow
+(docs/recipe.md, "Metrics").
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 from pipeline.cli import load_from_args, params_parser, run
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_write_json, atomic_write_text
-from pipeline.metrics import evaluate
+from pipeline.metrics import evaluate, json_ready, value_text
 from pipeline.predictions import load_scores_for
 from pipeline.sampling import read_labelled_manifest
 
@@ -48,12 +51,14 @@ def per_class_csv(result: dict, classes) -> str:
 
 
 def summary_line(result: dict) -> str:
-    def fmt(value, spec):
-        return "nan" if value is None else format(value, spec)
+    def fmt(key, spec):  # inf, or n/a with the reason (n/a (no positives)) where the value is null
+        note = result.get(f"{key}_note") or ""
+        if result[key] is None and note.split(" ")[0] in ("inf", "-inf"):
+            return note.split(" ")[0]
+        return value_text(result[key], spec, note.replace("undefined (", "").rstrip(")") or None)
 
-    dp = "inf" if result["d_prime"] is None and result["mAUC"] == 1.0 else fmt(result["d_prime"], ".3f")
     return (
-        f"mAP {fmt(result['mAP'], '.4f')}  mAUC {fmt(result['mAUC'], '.4f')}  d' {dp}  "
+        f"mAP {fmt('mAP', '.4f')}  mAUC {fmt('mAUC', '.4f')}  d' {fmt('d_prime', '.3f')}  "
         f"({result['n_clips']} clips, {result['n_scored_classes']} classes scored, "
         f"{len(result['classes_without_positives'])} without positives)"
     )
@@ -84,7 +89,7 @@ def main(argv=None):
             **result,
             "inputs": {"scores": str(args.scores), "manifest": str(args.manifest), "classes": str(args.classes)},
         }
-        atomic_write_json(args.out, payload)
+        atomic_write_json(args.out, json_ready(payload))  # null, never a bare NaN / Infinity
         if args.per_class_csv:
             atomic_write_text(args.per_class_csv, per_class_csv(result, classes))
         from pipeline.tracking import stage_run
@@ -92,9 +97,10 @@ def main(argv=None):
         with stage_run(
             params, "score", {"manifest": Path(args.manifest).stem, "scores": Path(args.scores).name}
         ) as run_:
-            run_.log_metrics(
-                {k: result[k] for k in ("mAP", "mAUC", "d_prime") if result[k] is not None}
-                | {"n_clips": result["n_clips"], "n_scored_classes": result["n_scored_classes"]}
+            run_.log_metrics(  # a null value is not logged: the run gets a tag with its note instead
+                {k: result[k] for k in ("mAP", "mAUC", "d_prime")}
+                | {"n_clips": result["n_clips"], "n_scored_classes": result["n_scored_classes"]},
+                notes={k: result[f"{k}_note"] for k in ("mAP", "mAUC", "d_prime") if f"{k}_note" in result},
             )
         print(summary_line(result))
 

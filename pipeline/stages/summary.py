@@ -5,9 +5,11 @@ python -m pipeline.stages.summary
 
 import csv
 import json
+import math
 from pathlib import Path
 
 from pipeline.cli import load_from_args, params_parser, run
+from pipeline.metrics import NO_POSITIVES, PERFECT, is_finite, value_text
 
 STAGES = ("prepare", "features")
 
@@ -35,12 +37,28 @@ def training_table(histories: Path, seeds: list[int]) -> list[str]:
             continue
         with open(path, newline="") as handle:
             rows = list(csv.DictReader(handle))
-        best = max(rows, key=lambda r: float(r["val_mAP"]))
+        # history.csv writes an undefined value as nan (or, from older runs, an empty cell) and the d-prime of
+        # a perfect validation ranking as inf: the table shows n/a with the reason, or inf
+        scored = [r for r in rows if is_finite(_number(r.get("val_mAP")))]
+        if not scored:
+            lines.append(f"{f'seed-{seed}':<9} {len(rows):>6} {'n/a':>10}  val mAP n/a ({NO_POSITIVES})")
+            continue
+        best = max(scored, key=lambda r: _number(r["val_mAP"]))
         lines.append(
-            f"{f'seed-{seed}':<9} {len(rows):>6} {best['epoch']:>10} {float(best['val_mAP']):>8.4f} "
-            f"{float(best['val_mAUC']):>8.4f} {float(best['val_d_prime']):>11.3f}"
+            f"{f'seed-{seed}':<9} {len(rows):>6} {best['epoch']:>10} {value_text(_number(best['val_mAP'])):>8} "
+            f"{value_text(_number(best['val_mAUC'])):>8} {value_text(_number(best['val_d_prime']), '.3f'):>11}"
         )
+        if _number(best["val_d_prime"]) == math.inf:
+            lines.append(f"{'':<9} val d-prime {PERFECT}")
     return lines
+
+
+def _number(cell: str | None) -> float | None:
+    """A history.csv cell as a float (nan, inf included); None for an empty or unreadable cell."""
+    try:
+        return float(cell)
+    except (TypeError, ValueError):
+        return None
 
 
 def main(argv=None):
@@ -56,6 +74,8 @@ def main(argv=None):
             s = json.loads(stats.read_text())
             print(f"normalisation ({s['source']}): mean {s['mean']:.4f}, std {s['std']:.4f}")
         print("\n".join(training_table(Path("plots/train"), params.train.seeds)))
+        if params.data.dataset == "audioset" and params.data.audioset.val == "eval":
+            print("  (data.audioset.val: eval: the val columns are eval numbers, for monitoring, not results)")
         evaluation = Path("metrics/summary.txt")  # written by the evaluate stage
         if evaluation.is_file():
             print(evaluation.read_text().rstrip())

@@ -52,8 +52,8 @@ def main(argv=None):
     parser.add_argument("--history", help="also copy history.csv here when done (a DVC plots file)")
     parser.add_argument(
         "--predict-features",
-        help="after training, score this features file with best.pt "
-        "(the teacher scores the training split for label enhancement)",
+        help="after training, score this features file with best.pt (last.pt when validating on eval, "
+        "data.audioset.val: eval; the teacher scores the training split for label enhancement)",
     )
     parser.add_argument("--predict-out", help="predictions file for --predict-features (.npz or .h5)")
     parser.add_argument("--no-progress", action="store_true")
@@ -105,7 +105,10 @@ def main(argv=None):
                 if args.history:
                     atomic_write_text(args.history, (Path(args.out) / "history.csv").read_text())
                 if args.predict_out:
-                    predict_file(params, Path(args.out) / "best.pt", args.predict_features, args.predict_out)
+                    # best.pt is chosen on validation; with data.audioset.val: eval that is the eval split,
+                    # which must not reach the enhanced training labels: the teacher scores with last.pt then
+                    teacher = Path(args.out) / ("last.pt" if params.data.validates_on_eval else "best.pt")
+                    predict_file(params, teacher, args.predict_features, args.predict_out)
                 print(
                     f"{args.role} {args.seed}: best val mAP {best['val_mAP']:.4f} at epoch {best['epoch']} "
                     f"-> {args.out}"
