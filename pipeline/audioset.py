@@ -9,7 +9,9 @@ Metadata (class list, ontology, segment CSVs) is downloaded once into `data.audi
 Malformed rows become `Rejected` entries naming the file and line. Splits: train = balanced_train
 (+ unbalanced_train with `data.audioset.unbalanced`), val = a stratified, deterministic hold-out
 of that pool (AudioSet has no validation split, and model selection must never see eval),
-eval = eval_segments.
+eval = eval_segments. With `data.audioset.val: eval` (the official recipe's) train is the whole pool
+and val lists the eval segments: the per-epoch validation then watches eval, for monitoring only
+(the evaluate stage marks a model chosen on it; docs/fidelity.md).
 
 Audio: `source: download` runs yt-dlp once per segment (argument lists only, never a shell; the
 YouTube id is validated before any process starts), with a bounded pool of workers that fetch
@@ -295,7 +297,8 @@ def list_split(params: Params, split: str, classes: ClassList) -> Listing:
     if split not in ("train", "val", "eval"):
         raise PipelineError(f"data.splits: AudioSet has the splits train, val, eval (got '{split}')")
     pool_sets = ["balanced_train"] + (["unbalanced_train"] if cfg.unbalanced else [])
-    rows = _segments(params, ["eval"] if split == "eval" else pool_sets, set(classes.mids))
+    on_eval = split == "eval" or (split == "val" and cfg.val == "eval")
+    rows = _segments(params, ["eval"] if on_eval else pool_sets, set(classes.mids))
 
     seen, kept = set(), []
     for row in rows:
@@ -309,7 +312,7 @@ def list_split(params: Params, split: str, classes: ClassList) -> Listing:
                 )
             seen.add(getattr(row, "clip_id", ""))
         kept.append(row)
-    if split != "eval":
+    if not on_eval and cfg.val == "holdout":
         pool = [i for i, row in enumerate(kept) if isinstance(row, Segment)]
         held = stratified_holdout(
             [kept[i].clip_id for i in pool],

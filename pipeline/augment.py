@@ -11,10 +11,13 @@ a CPU generator therefore gives the same masks and lambdas whether the batch is 
 a CUDA generator avoids the (tiny, ``[B]``-sized) host-to-device copies. With
 ``generator=None`` the global RNG of ``fbank``'s device is used.
 
-The recipe (DESIGN.md, "The recipe, precisely"):
+The recipe (docs/recipe.md, "Augmentation order"):
 
 * mixup: each sample, with probability ``prob``, is mixed with another random sample of the
-  batch with ``lambda ~ Beta(alpha, alpha)``; labels are mixed with the same lambda. The paper
+  batch with ``lambda ~ Beta(alpha, alpha)``; labels are mixed with the same lambda. With
+  ``augment.mixup_partner: dataset`` (the paper's) the loader has already drawn which samples are
+  mixed and their partners, uniformly from the whole training split, and passes their fbanks in
+  (``partner``); only lambda is drawn here. The paper
   mixes the waveforms ``lam * a + (1 - lam) * b`` before the fbank; with precomputed fbanks the
   default ``power`` domain approximates that by mixing mel powers,
   ``log(lam^2 exp(x_i) + (1 - lam)^2 exp(x_j))`` (exact up to the cross term
@@ -146,6 +149,7 @@ def mixup(
     n_frames: torch.Tensor | None = None,
     return_info: bool = False,
     inplace: bool = False,
+    partner: tuple | None = None,
 ):
     """In-batch mixup. Returns new ``(fbank, labels)`` (plus ``info`` when ``return_info``).
     With ``inplace`` (on CPU) the mixed rows are written into ``fbank`` itself, saving a copy
@@ -157,6 +161,11 @@ def mixup(
     unchanged (their lambda is 1, which ``mix`` maps to ``x_i`` exactly). A batch of one is
     returned as is (there is no partner). The same random numbers are drawn whatever ``prob``
     is. ``info`` = dict(selected [B] bool, partner [B] long, lam [B] float32, 1 where unselected).
+
+    ``partner`` = ``(fbank_j [M, T, F], labels_j [M, C], n_frames_j [M], selected [B] bool)``: partners
+    drawn by the loader (``augment.mixup_partner: dataset``) for the M selected samples, in batch order;
+    the k-th selected sample is mixed with row k, and only lambda is drawn (``prob`` was the loader's).
+    ``info["partner"]`` then gives each sample's row of the partners (-1 where not selected).
     """
     if fbank.ndim != 3 or labels.ndim != 2 or labels.shape[0] != fbank.shape[0]:
         raise PipelineError(
@@ -167,6 +176,8 @@ def mixup(
     if domain not in MIXUP_DOMAINS:
         raise PipelineError(f"augment.mixup_domain must be one of {', '.join(MIXUP_DOMAINS)}, got {domain!r}")
     device, b = fbank.device, fbank.shape[0]
+    if partner is not None:
+        return _mixup_with(fbank, labels, partner, alpha, domain, generator, n_frames, return_info, inplace)
     if b < 2:
         info = dict(
             selected=torch.zeros(b, dtype=torch.bool, device=device),
@@ -207,6 +218,43 @@ def mixup(
     if return_info:
         return out, y_out, dict(selected=selected, partner=partner, lam=lam)
     return out, y_out
+
+
+def _mixup_with(fbank, labels, partner, alpha, domain, generator, n_frames, return_info, inplace):
+    """``mixup`` with the partners the loader read (see ``mixup``'s ``partner``)."""
+    x_j, y_j, nf_j, selected = partner
+    device, b = fbank.device, fbank.shape[0]
+    selected = selected.to(device=device, dtype=torch.bool)
+    if tuple(x_j.shape[1:]) != tuple(fbank.shape[1:]) or selected.shape != (b,) or y_j.shape[0] != x_j.shape[0]:
+        raise PipelineError(f"mixup partners of shape {tuple(x_j.shape)} for a batch of {tuple(fbank.shape)}")
+    lam = torch.where(selected, sample_beta(b, alpha, generator, device), torch.ones(b, device=device))
+    # each sample's row of the partners: the running count of selected samples (no host sync)
+    row_of = torch.where(selected, torch.cumsum(selected.long(), 0) - 1, torch.full_like(lam, -1, dtype=torch.long))
+    y = labels.to(labels.dtype if labels.is_floating_point() else torch.float32)
+    info = dict(selected=selected, partner=row_of, lam=lam)
+    if x_j.shape[0] == 0:  # nobody mixed
+        out = fbank if inplace else fbank.clone()
+        return (out, y, info) if return_info else (out, y)
+    nf_i = n_frames.to(device) if n_frames is not None else None
+    nf_j = nf_j.to(device) if n_frames is not None else None
+    take = row_of.clamp_min(0)  # unselected rows take partner 0, and their mix is discarded
+    if device.type == "cpu":  # as in mixup: on the host, mix only the selected rows
+        rows = selected.nonzero().squeeze(1)
+        out = fbank if inplace else fbank.clone()
+        out[rows] = mix(
+            fbank[rows],
+            x_j,
+            lam[rows],
+            domain,
+            n_frames_i=None if nf_i is None else nf_i[rows],
+            n_frames_j=nf_j,
+        )
+    else:
+        mixed = mix(fbank, x_j[take], lam, domain, nf_i, None if nf_j is None else nf_j[take])
+        out = torch.where(selected.reshape(-1, 1, 1), mixed, fbank)
+    lam_y = lam.to(y.dtype).reshape(-1, 1)
+    y_out = torch.where(selected.reshape(-1, 1), lam_y * y + (1.0 - lam_y) * y_j.to(y.dtype)[take], y)
+    return (out, y_out, info) if return_info else (out, y_out)
 
 
 def _band(size: int, max_width: int, u_width: torch.Tensor, u_start: torch.Tensor) -> torch.Tensor:
@@ -270,20 +318,30 @@ def augment_batch(
     norm_std: Number,
     generator: torch.Generator | None = None,
     n_frames: torch.Tensor | None = None,
+    partner: tuple | None = None,
 ):
     """Training batch: mixup -> SpecAugment -> normalisation. Returns new ``(fbank float32, labels float32)``.
 
     ``cfg`` has ``freqm, timem, mixup, mixup_alpha, mixup_domain`` (the ``augment`` params
     section). ``fbank`` may be float16 as stored; it is promoted to float32 first. The inputs
     are never modified. ``n_frames [B]`` (optional) keeps the zero padding exact under
-    power-domain mixup (see ``mix``). With ``cfg.mixup == 0`` no mixup numbers are drawn.
+    power-domain mixup (see ``mix``). With ``cfg.mixup == 0`` no mixup numbers are drawn. ``partner``:
+    the mixup partners the loader drew from the whole training split (see ``mixup``).
     """
     work = torch.promote_types(fbank.dtype, torch.float32)
     x = fbank.to(work)
     y = labels.to(torch.float32)
     if cfg.mixup > 0:  # a converted (float16 -> float32) batch is ours to mix in place
         x, y = mixup(
-            x, y, cfg.mixup, cfg.mixup_alpha, cfg.mixup_domain, generator, n_frames=n_frames, inplace=x is not fbank
+            x,
+            y,
+            cfg.mixup,
+            cfg.mixup_alpha,
+            cfg.mixup_domain,
+            generator,
+            n_frames=n_frames,
+            inplace=x is not fbank,
+            partner=partner,
         )
     owned = x is not fbank  # a batch of one comes back from mixup as is
     x = spec_augment(x, cfg.freqm, cfg.timem, generator, inplace=owned)

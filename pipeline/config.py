@@ -110,7 +110,10 @@ class AudioSetData(Section):
     tmp_dir: str | None = None  # partial downloads; default the system temp dir ($TMPDIR)
     http_timeout_s: Positive = 60.0  # metadata downloads
     http_retries: Retries = 3
-    # the validation split: a stratified hold-out of train (AudioSet has none; eval stays unseen)
+    # the validation split. holdout: a stratified hold-out of train (AudioSet has none; eval stays unseen).
+    # eval: train on the whole training pool and validate on the eval segments every epoch, as the official
+    # recipe does (for monitoring); a model chosen on it is marked in metrics/eval.json (docs/fidelity.md)
+    val: Literal["holdout", "eval"] = "holdout"
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
     val_seed: int = 0
     val_min_class_clips: Annotated[int, Field(ge=2)] = 2  # classes with this many train clips appear in val
@@ -160,6 +163,12 @@ class Data(Section):
             )
         return self
 
+    @property
+    def validates_on_eval(self) -> bool:
+        """The official AudioSet recipe's validation (`audioset.val: eval`): the val split lists the eval
+        clips, so a checkpoint chosen on validation was chosen on eval and its eval score is not clean."""
+        return self.dataset == "audioset" and self.audioset.val == "eval"
+
     @model_validator(mode="after")
     def _folder_needs_files(self):
         if self.dataset == "folder" and not (self.folder.csv and self.folder.classes):
@@ -195,6 +204,9 @@ class Augment(Section):
     mixup: Probability = 0.5
     mixup_alpha: Positive = 10.0
     mixup_domain: Literal["power", "logmel"] = "power"
+    # the mixup partner: another clip of the same batch, or (the paper's) a clip drawn uniformly from the
+    # whole training split, whatever the sampler draws; its fbank is read by the loader workers
+    mixup_partner: Literal["batch", "dataset"] = "batch"
 
 
 EnhanceStat = Literal["none", "mean", "median", "25", "10", "5"]
@@ -223,6 +235,12 @@ class Model(Section):
     pretrained: str = "imagenet"  # imagenet | none | path to a local weights file
     stem: Literal["adapt", "random"] = "adapt"  # the paper: random
     heads: Annotated[int, Field(ge=0, le=64)] = 4
+    # Stochastic depth: block i of n drops its residual branch with probability drop_path * i / n (the paper: 0.2).
+    drop_path: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    bn_momentum: Annotated[float, Field(gt=0, le=1)] = 0.1  # every BatchNorm's; the paper: 0.01
+    # TF "same" padding of stride-2 convs: dynamic (for the actual input, timm's) or static (computed once for
+    # the model's native image size, 260 for B2, as the official efficientnet_pytorch backbone does).
+    padding: Literal["dynamic", "static"] = "dynamic"
 
 
 class Train(Section):
@@ -233,16 +251,33 @@ class Train(Section):
     lr_decay: Annotated[float, Field(gt=0, le=1)] = 0.5
     lr_decay_every: PositiveInt = 2
     warmup_steps: Annotated[int, Field(ge=0)] = 40
+    # linear: a smooth ramp over warmup_steps; paper: the official staircase, the rate set to
+    # step / warmup_steps x lr every 50 steps (so the first 50 steps run at 0) until warmup_steps
+    warmup: Literal["linear", "paper"] = "linear"
     weight_decay: Annotated[float, Field(ge=0)] = 5e-7
     betas: tuple[Probability, Probability] = (0.95, 0.999)
     seeds: Annotated[list[int], Field(min_length=1)] = [1, 2]
     num_workers: Annotated[int, Field(ge=0)] = 2
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    devices: PositiveInt = 1
+    devices: PositiveInt = 1  # batch_size is the global batch, split evenly over the devices
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: StrictBool = False
     compile: StrictBool = False
     log_every: PositiveInt = 10  # optimizer steps between loss points in MLflow
+
+    @model_validator(mode="after")
+    def _batch_splits_over_devices(self):
+        if self.warmup == "paper" and self.warmup_steps % 50:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) must be a multiple of 50 with warmup: paper (the rate is "
+                "raised every 50 steps; the official recipe: 1000)"
+            )
+        if self.batch_size % self.devices:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) is the global batch and must be a multiple of devices "
+                f"({self.devices}); each device takes batch_size / devices clips"
+            )
+        return self
 
 
 class Aggregate(Section):

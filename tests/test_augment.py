@@ -293,6 +293,29 @@ def test_cuda_batch_with_a_cpu_generator_matches_cpu():
     assert torch.equal(a[0], b[0])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batch_with_loader_partners_matches_cpu():
+    x, y = batch(b=16, t=60, f=32, seed=4)
+    xj, yj = batch(b=16, t=60, f=32, seed=5)
+    frames, nj = torch.full((16,), 60), torch.randint(10, 61, (16,), generator=torch.Generator().manual_seed(6))
+    selected = torch.arange(16) % 3 == 0
+    xj, yj, nj = xj[selected], yj[selected], nj[selected]
+    c = cfg(freqm=8, timem=20, mixup=0.5)
+    cpu = augment_batch(x, y, c, MEAN, STD, make_generator(7), frames, partner=(xj, yj, nj, selected))
+    gpu = augment_batch(
+        x.cuda(),
+        y.cuda(),
+        c,
+        MEAN,
+        STD,
+        make_generator(7),
+        frames.cuda(),
+        partner=(xj.cuda(), yj.cuda(), nj.cuda(), selected.cuda()),
+    )
+    torch.testing.assert_close(gpu[0].cpu(), cpu[0], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(gpu[1].cpu(), cpu[1])
+
+
 # ---------------------------------------------------------------- fidelity against waveform mixing
 
 SR = 16000
@@ -340,7 +363,7 @@ def make_signal(kind, rng):
 
 
 def kaldi_fbank(w):
-    """Exactly DESIGN.md's features (without padding)."""
+    """Exactly the features of docs/recipe.md (without padding)."""
     return torchaudio.compliance.kaldi.fbank(
         (w - w.mean()).unsqueeze(0),
         htk_compat=True,
@@ -372,3 +395,46 @@ def test_power_domain_mixup_is_closer_to_the_waveform_mix_than_logmel_mixing():
     assert power < 0.5
     # pair by pair, too: power-domain mixing is the better approximation in the large majority
     assert np.mean(np.array(err["power"]) < np.array(err["logmel"])) > 0.8
+
+
+@pytest.mark.parametrize("domain", ["power", "logmel"])
+def test_loader_partners_mix_where_selected_with_the_same_lambda_as_the_labels(domain):
+    """augment.mixup_partner: dataset: the loader brings each sample's partner (drawn from the whole
+    training split) and whether it is mixed; the fbank and the labels mix with one lambda ~ Beta(10, 10)."""
+    x, y = batch(b=16, t=40, f=16, seed=1)
+    xj, yj = batch(b=16, t=40, f=16, seed=2)
+    frames = torch.full((16,), 40)
+    nj = torch.randint(10, 41, (16,), generator=torch.Generator().manual_seed(3))
+    selected = torch.arange(16) % 2 == 0
+    xj, yj, nj = xj[selected], yj[selected], nj[selected]  # the loader brings the selected ones' partners only
+    xo, yo, info = mixup(
+        x, y, 0.5, 10.0, domain, make_generator(11), n_frames=frames, partner=(xj, yj, nj, selected), return_info=True
+    )
+    lam = info["lam"]
+    assert torch.equal(info["selected"], selected) and (lam[~selected] == 1).all()
+    assert info["partner"].tolist() == [k // 2 if k % 2 == 0 else -1 for k in range(16)]
+    assert torch.equal(xo[~selected], x[~selected]) and torch.equal(yo[~selected], y[~selected])
+    want = mix(x[selected], xj, lam[selected], domain, frames[selected], nj)
+    torch.testing.assert_close(xo[selected], want)
+    lam_s = lam[selected].reshape(-1, 1)
+    torch.testing.assert_close(yo[selected], lam_s * y[selected] + (1 - lam_s) * yj)
+    # nobody selected: no partners, nothing changes
+    none = torch.zeros(16, dtype=torch.bool)
+    xo, yo = mixup(x, y, 0.5, 10.0, domain, make_generator(11), frames, partner=(xj[:0], yj[:0], nj[:0], none))
+    assert torch.equal(xo, x) and torch.equal(yo, y)
+    # through augment_batch (float16 as stored), masks off: mixup then normalisation
+    out, labels = augment_batch(
+        x.half(),
+        y,
+        cfg(freqm=0, timem=0, mixup=0.5, mixup_domain=domain),
+        MEAN,
+        STD,
+        make_generator(11),
+        n_frames=frames,
+        partner=(xj.half(), yj, nj, selected),
+    )
+    ref, ref_y = mixup(
+        x.half().float(), y, 0.5, 10.0, domain, make_generator(11), frames, partner=(xj.half(), yj, nj, selected)
+    )
+    torch.testing.assert_close(out, (ref - MEAN) / STD)
+    torch.testing.assert_close(labels, ref_y)

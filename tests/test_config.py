@@ -58,13 +58,108 @@ def test_presets_hold_the_papers_recipes():
     assert balanced.features.target_length == full.features.target_length == 1056 and fsd.features.target_length == 3000
     for p in (balanced, full, fsd):
         assert (p.model.name, p.model.heads, p.train.weight_decay, p.train.betas) == (
-            "tf_efficientnet_b2",
+            "tf_efficientnet_b2.aa_in1k",
             4,
             5e-7,
             (0.95, 0.999),
         )
         assert (p.augment.freqm, p.augment.timem, p.augment.mixup, p.augment.mixup_alpha) == (48, 192, 0.5, 10.0)
         assert (p.train.lr_decay, p.train.lr_decay_every, p.train.warmup_steps) == (0.5, 5, 1000)
+
+
+# The official recipes, value for value (egs/audioset/run.sh, egs/fsd50k/run.sh, src/run.py, src/traintest.py,
+# src/dataloaders/audioset_dataset.py); docs/fidelity.md says where each comes from.
+OFFICIAL = {
+    "audioset_balanced": {
+        "data.dataset": "audioset",
+        "data.audioset.unbalanced": False,
+        "data.audioset.val": "eval",  # --data-val eval_data.json: trains on the whole balanced set
+        "sampling.balanced": False,  # bal=False for the balanced subset
+        "labels.enhance": "mean",  # balanced_train_data_type1_2_mean.json
+        "labels.types": ["type1", "type2"],
+        "train.lr": 1e-3,
+        "train.batch_size": 100,
+        "train.epochs": 60,
+        "train.lr_decay_start": 35,
+        "aggregate.wa_start": 41,
+        "aggregate.wa_end": 60,
+        "features.target_length": 1056,
+    },
+    "audioset_full": {
+        "data.dataset": "audioset",
+        "data.audioset.unbalanced": True,
+        "data.audioset.val": "eval",
+        "sampling.balanced": True,  # bal=${full_bal}=True
+        "labels.enhance": "none",  # full_train_data.json (p=None)
+        "train.lr": 1e-4,
+        "train.batch_size": 100,
+        "train.epochs": 30,
+        "train.lr_decay_start": 10,
+        "aggregate.wa_start": 16,
+        "aggregate.wa_end": 30,
+        "features.target_length": 1056,
+    },
+    "fsd50k": {
+        "data.dataset": "fsd50k",
+        "sampling.balanced": True,
+        "labels.enhance": "mean",  # fsd50k_tr_full_type1_2_mean.json
+        "labels.types": ["type1", "type2"],
+        "train.lr": 5e-4,
+        "train.batch_size": 24,
+        "train.epochs": 40,
+        "train.lr_decay_start": 10,
+        "aggregate.wa_start": 21,
+        "aggregate.wa_end": 40,
+        "features.target_length": 3000,
+        "evaluate.splits": ["eval", "val"],  # --data-val fsd50k_val_full.json, --data-eval fsd50k_eval_full.json
+    },
+}
+OFFICIAL_EVERYWHERE = {
+    "features.num_mel_bins": 128,
+    "features.frame_shift_ms": 10.0,
+    "features.frame_length_ms": 25.0,
+    "features.norm": "paper",  # --dataset_mean -4.6476 --dataset_std 4.5699
+    "features.paper_mean": -4.6476,
+    "features.paper_std": 4.5699,
+    "augment.freqm": 48,
+    "augment.timem": 192,
+    "augment.mixup": 0.5,
+    "augment.mixup_alpha": 10.0,  # np.random.beta(10, 10)
+    "augment.mixup_partner": "dataset",  # random.randint over the whole training set
+    "model.name": "tf_efficientnet_b2.aa_in1k",  # efficientnet_pytorch's B2 ImageNet weights (AutoAugment)
+    "model.heads": 4,
+    "model.pretrained": "imagenet",
+    "model.stem": "random",  # from_pretrained(..., in_channels=1) makes a fresh one-channel stem
+    "model.drop_path": 0.2,  # drop_connect_rate 0.2, scaled by block index
+    "model.bn_momentum": 0.01,  # batch_norm_momentum=0.99
+    "model.padding": "static",  # Conv2dStaticSamePadding for the 260 x 260 native size
+    "train.weight_decay": 5e-7,
+    "train.betas": (0.95, 0.999),
+    "train.lr_decay": 0.5,
+    "train.lr_decay_every": 5,  # MultiStepLR milestones range(start, 1000, 5)
+    "train.warmup": "paper",
+    "train.warmup_steps": 1000,
+    "train.amp": "none",
+}
+
+
+@pytest.mark.parametrize("preset", sorted(OFFICIAL))
+def test_paper_presets_state_the_official_values(preset):
+    params = load_params(REPO / "presets" / f"{preset}.yaml")
+    for key, want in {**OFFICIAL_EVERYWHERE, **OFFICIAL[preset]}.items():
+        value = params
+        for part in key.split("."):
+            value = getattr(value, part)
+        assert value == want, f"{preset}: {key} is {value!r}, the official recipe has {want!r}"
+
+
+def test_batch_size_is_the_global_batch_and_must_split_over_the_devices(tmp_path):
+    params = load_params(REPO / "presets" / "audioset_full.yaml", ["train.devices=4"])
+    assert params.train.batch_size == 100  # 25 per device, as the official DataParallel on 4 GPUs
+    message = _error(tmp_path, {"train": {"batch_size": 100, "devices": 3}})
+    assert "train: batch_size (100) is the global batch and must be a multiple of devices (3)" in message
+    message = _error(tmp_path, {"train": {"warmup": "paper", "warmup_steps": 40}})
+    assert "warmup_steps (40) must be a multiple of 50 with warmup: paper" in message
 
 
 def _error(tmp_path, tree, overrides=None) -> str:

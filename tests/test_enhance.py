@@ -15,12 +15,11 @@ from pipeline.manifest import read_manifest
 from pipeline.predictions import load_scores_for, write_predictions
 from pipeline.sampling import label_matrix
 from pipeline.stages import enhance as stage
-from tests.conftest import SHARED, needs_shared, run_module, write_params
+from tests.conftest import AUDIOSET_META, LABEL_FIXTURE, run_module, write_params
 
-FIXTURE = SHARED / "reference" / "label-fixture"
-AUDIOSET = SHARED / "data" / "audioset"
-AUDIOSET_CLASSES = AUDIOSET / "class_labels_indices.csv"
-ONTOLOGY = AUDIOSET / "ontology.json"
+FIXTURE = LABEL_FIXTURE
+AUDIOSET_CLASSES = AUDIOSET_META / "class_labels_indices.csv"
+ONTOLOGY = AUDIOSET_META / "ontology.json"
 STATS = ("mean", "median", "25", "10", "5")
 TYPES = (("type1",), ("type2",), ("type1", "type2"))
 VARIANTS = [(types, stat) for types in TYPES for stat in STATS]
@@ -59,23 +58,19 @@ def run_stage(capsys, *args):
 # Fidelity: all 15 variants against the paper's published algorithm's outputs
 
 
-shared_fixture = needs_shared(FIXTURE / "labels.csv", FIXTURE / "teacher_scores.csv", AUDIOSET_CLASSES, ONTOLOGY)
-
-
 @pytest.fixture(scope="module")
-def fixture_data():
+def fixture_data(teacher_scores_csv):
     classes = read_classes(AUDIOSET_CLASSES)
     entries = read_manifest(FIXTURE / "labels.csv")
     return {
         "classes": classes,
         "entries": entries,
         "labels": label_matrix(entries, classes),
-        "scores": load_scores_for(FIXTURE / "teacher_scores.csv", entries, classes),
+        "scores": load_scores_for(teacher_scores_csv, entries, classes),
         "relations": build_relations(read_ontology(ONTOLOGY), classes),
     }
 
 
-@shared_fixture
 @pytest.mark.parametrize("stat", STATS)
 def test_thresholds_are_numpy_statistics(fixture_data, stat):
     labels, scores = fixture_data["labels"], fixture_data["scores"]
@@ -87,7 +82,6 @@ def test_thresholds_are_numpy_statistics(fixture_data, stat):
     assert np.array_equal(got, naive, equal_nan=True)
 
 
-@shared_fixture
 @pytest.mark.parametrize("types,stat", VARIANTS, ids=[f"{'+'.join(t)}-{s}" for t, s in VARIANTS])
 def test_fidelity_library(fixture_data, types, stat):
     d = fixture_data
@@ -98,8 +92,7 @@ def test_fidelity_library(fixture_data, types, stat):
     assert result.labels_after - result.labels_before == sum(len(s) for s in want.values()) - int(d["labels"].sum())
 
 
-@shared_fixture
-def test_fidelity_cli(tmp_path, store_uri):
+def test_fidelity_cli(tmp_path, store_uri, teacher_scores_csv):
     """Two variants end to end through `python -m`, one with MLflow; the other 13 run in-process above."""
     params = write_params(tmp_path / "params.yaml", {"tracking": {"uri": store_uri}})
     common = [
@@ -112,7 +105,7 @@ def test_fidelity_cli(tmp_path, store_uri):
         "--ontology",
         str(ONTOLOGY),
         "--scores",
-        str(FIXTURE / "teacher_scores.csv"),
+        str(teacher_scores_csv),
     ]
     for types, stat, report in ((("type1", "type2"), "mean", tmp_path / "report.json"), (("type2",), "25", None)):
         out = tmp_path / f"enhanced_{'+'.join(types)}_{stat}.csv"
@@ -437,3 +430,73 @@ def test_bad_input_through_cli(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "line 3 holds a non-finite score" in proc.stderr
     assert not (tmp_path / "out.csv").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The official code's edge rules, on the real AudioSet ontology and the real FSD50K class list
+
+# the classes fix_type1.py / fix_type2.py hard-code as never enhanced from, for FSD50K
+OFFICIAL_FSD50K_SKIPPED = {"/m/09l8g", "/m/0bm0k", "/t/dd00012", "/m/09hlz4", "/t/dd00071"}
+FSD50K_CLASSES = AUDIOSET_META.parent / "fsd50k" / "class_labels_indices.csv"
+
+
+def test_only_exactly_abstract_nodes_are_skipped_so_song_gains_music():
+    """'Musical concepts' is ["abstract", "blacklist"]: the official code keeps it as a parent, so a
+    Song clip can gain Music (type 2) through it, although neither link is direct."""
+    ontology = read_ontology(ONTOLOGY)
+    by_id = {e["id"]: e for e in ontology}
+    song, music, concepts = "/m/074ft", "/m/04rlf", "/t/dd00027"
+    assert by_id[concepts]["restrictions"] == ["abstract", "blacklist"] and song in by_id[concepts]["child_ids"]
+    classes = read_classes(AUDIOSET_CLASSES)
+    relations = build_relations(ontology, classes)
+    mids = list(classes.mids)
+    assert mids.index(music) in relations.ancestors.targets(mids.index(song))
+    labels = np.zeros((1, len(mids)), np.uint8)
+    labels[0, mids.index(song)] = 1
+    scores = np.full((1, len(mids)), 0.9, np.float32)
+    result = enhance_labels(labels, scores, relations, "mean", ("type2",), thresholds=np.full(len(mids), 0.5))
+    assert result.labels[0, mids.index(music)]
+
+
+def test_fsd50k_skips_exactly_the_official_five_classes_as_sources(tmp_path, capsys):
+    ontology = read_ontology(ONTOLOGY)
+    classes = read_classes(FSD50K_CLASSES)
+    from pipeline.enhance import restricted_classes
+
+    assert set(restricted_classes(ontology, classes.mids)) == OFFICIAL_FSD50K_SKIPPED
+    # the default (AudioSet's recipe) enhances from every class; FSD50K's not from the five
+    full = build_relations(ontology, classes)
+    fsd = build_relations(ontology, classes, restricted_sources=False)
+    mids = list(classes.mids)
+    for k, mid in enumerate(mids):
+        if mid in OFFICIAL_FSD50K_SKIPPED:
+            assert len(fsd.children.targets(k)) == len(fsd.ancestors.targets(k)) == 0
+        else:
+            assert list(fsd.children.targets(k)) == list(full.children.targets(k))
+            assert list(fsd.ancestors.targets(k)) == list(full.ancestors.targets(k))
+    # the rule changes something: Domestic sounds (blacklisted) has children it would otherwise add
+    assert full.children.targets(mids.index("/t/dd00071")).size
+    # and the five can still be added themselves, as relatives of other labels
+    skipped = {mids.index(m) for m in OFFICIAL_FSD50K_SKIPPED}
+    assert skipped & (set(fsd.children.indices.tolist()) | set(fsd.ancestors.indices.tolist()))
+
+
+@pytest.mark.parametrize("dataset", ["fsd50k", "demo"])
+def test_enhance_stage_applies_the_fsd50k_rule_for_fsd50k_only(tmp_path, capsys, dataset):
+    """Domestic sounds (blacklisted) labelled, its child Door scored high: added from it except for FSD50K."""
+    classes = read_classes(FSD50K_CLASSES)
+    mids = list(classes.mids)
+    door = mids.index("/m/02dgv")
+    scores = np.full((2, len(mids)), 0.1)
+    scores[0, door], scores[1, door] = 0.9, 0.5  # Door's threshold: the mean over its labelled clip, 0.5
+    (tmp_path / "manifest.csv").write_text('clip_id,labels\nc0,"/t/dd00071"\nc1,"/m/02dgv"\n')
+    np.savetxt(tmp_path / "scores.csv", scores, delimiter=",", fmt="%.17g")
+    write_params(tmp_path / "params.yaml", {"tracking": {"enabled": False}, "data": {"dataset": dataset}})
+    args = hand_args(tmp_path)
+    args[args.index("--classes") + 1], args[args.index("--ontology") + 1] = FSD50K_CLASSES, ONTOLOGY
+    code, _, err = run_stage(capsys, *args)
+    assert code == 0, err
+    got = read_label_sets(tmp_path / "out.csv")
+    assert ("/m/02dgv" in got["c0"]) == (dataset != "fsd50k")
+    report = json.loads((tmp_path / "out_report.json").read_text())
+    assert set(report["skipped_sources"]) == (OFFICIAL_FSD50K_SKIPPED if dataset == "fsd50k" else set())

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import Params
+from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError
 from pipeline.loader import FeatureDataset, Normaliser, aligned_weights, device_batches, eval_loader, train_loader
+from tests.conftest import REPO
 
 
 @pytest.fixture
@@ -109,3 +110,118 @@ def test_missing_or_foreign_inputs_are_one_line_errors(tmp_path):
         Normaliser.from_file(tmp_path / "stats.json")
     (tmp_path / "stats.json").write_text(json.dumps({"mean": -4.0, "std": 2.0, "source": "computed"}))
     assert Normaliser.from_file(tmp_path / "stats.json") == Normaliser(-4.0, 2.0)
+
+
+def _partner_params(prob=1.0, **train):
+    return Params.model_validate(
+        {
+            "train": {"batch_size": 8, "num_workers": 0, **train},
+            "augment": {"freqm": 0, "timem": 0, "mixup": prob, "mixup_partner": "dataset"},
+        }
+    )
+
+
+def test_dataset_partners_are_uniform_over_the_training_split_under_the_balanced_sampler(features):
+    """The official loader draws the partner with random.randint over the whole training set, not from
+    the balanced distribution. Clip 0 has nearly all the sampling weight here; the partners stay uniform."""
+    from scipy.stats import chisquare
+
+    weights = np.ones(40)
+    weights[0] = 1000.0
+    loader = train_loader(_partner_params(), FeatureDataset(features), weights, seed=3)
+    rows, partners = [], []
+    for epoch in range(1, 101):
+        loader.sampler.set_epoch(epoch)
+        pairs = list(loader.sampler)
+        rows += [r for r, _ in pairs]
+        partners += [p for _, p in pairs]
+    assert len(partners) == 4000 and min(partners) >= 0  # probability 1: every clip is mixed
+    assert chisquare(np.bincount(partners, minlength=40)).pvalue > 0.01  # uniform: 100 each expected
+    assert chisquare(np.bincount(rows, minlength=40)).pvalue < 1e-12  # the drawn clips are not
+    assert np.mean(np.array(rows) == 0) > 0.9
+
+
+def test_dataset_partner_items_are_read_from_the_file(features):
+    from pipeline.loader import collate_partners
+
+    ds = FeatureDataset(features)
+    with h5py.File(features) as h:
+        fbank, labels, frames = h["fbank"][:], h["labels"][:], h["n_frames"][:]
+    x, y, n, (xj, yj, nj) = ds[(3, 17)]
+    assert torch.equal(x, torch.from_numpy(fbank[3])) and torch.equal(xj, torch.from_numpy(fbank[17]))
+    assert torch.equal(yj, torch.from_numpy(labels[17])) and (n, nj) == (frames[3], frames[17])
+    assert ds[(3, -1)][3] is None  # not mixed: the partner is not read
+    # a batch carries the partners of the mixed clips only, in batch order
+    batch = collate_partners([ds[(3, 17)], ds[(4, -1)], ds[(5, 2)]])
+    x, y, n, xj, yj, nj, mixed = batch
+    assert x.shape == (3, 50, 16) and xj.shape == (2, 50, 16) and mixed.tolist() == [True, False, True]
+    assert torch.equal(xj, torch.from_numpy(fbank[[17, 2]])) and torch.equal(yj, torch.from_numpy(labels[[17, 2]]))
+    assert nj.tolist() == frames[[17, 2]].tolist()
+    assert collate_partners([ds[(4, -1)]])[3].shape == (0, 50, 16)
+    # half the clips mixed at probability 0.5; the batches are deterministic for a seed and mix labels
+    params = _partner_params(0.5)
+    loader = train_loader(params, FeatureDataset(features), np.ones(40), seed=1, num_samples=4000)
+    assert 0.45 < np.mean([p >= 0 for _, p in loader.sampler]) < 0.55
+
+    def run(seed):
+        loader = train_loader(params, FeatureDataset(features), np.ones(40), seed=seed)
+        return [y for _, y in device_batches(loader, params, Normaliser(0, 1), "cpu", torch.Generator().manual_seed(1))]
+
+    first, again = run(1), run(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert any(((y > 0) & (y < 1)).any() for y in first)
+
+
+def test_batch_size_is_the_global_batch_over_the_processes(features):
+    params = _params(num_workers=0)
+    single = train_loader(params, FeatureDataset(features), np.ones(40), seed=0)
+    shares = [train_loader(params, FeatureDataset(features), np.ones(40), seed=0, rank=r, world_size=2) for r in (0, 1)]
+    assert single.batch_size == 8 and [s.batch_size for s in shares] == [4, 4]
+    assert len(shares[0]) == len(shares[1]) == len(single)  # the same number of steps per epoch
+    together = [i for pair in zip(*(list(s.sampler) for s in shares)) for i in pair]
+    assert together == list(single.sampler)
+    with pytest.raises(PipelineError, match="train.batch_size \\(8\\) is the global batch"):
+        train_loader(params, FeatureDataset(features), np.ones(40), seed=0, rank=0, world_size=3)
+    # dataset partners are shared the same way: the ranks' pairs together are the single process's
+    params = _partner_params(0.5)
+    single = list(train_loader(params, FeatureDataset(features), np.ones(40), seed=0).sampler)
+    shares = [
+        list(train_loader(params, FeatureDataset(features), np.ones(40), seed=0, rank=r, world_size=2).sampler)
+        for r in (0, 1)
+    ]
+    assert [p for pair in zip(*shares) for p in pair] == single
+
+
+def test_paper_normalisation_is_the_official_formula(features, tmp_path):
+    """The official loader: (fbank - mean) / std with mean -4.6476, std 4.5699 (no factor of 2), after
+    SpecAugment and for evaluation too; the stats stage writes those constants for features.norm: paper."""
+    from pipeline.stages import stats
+
+    for preset in ("audioset_balanced", "audioset_full", "fsd50k"):
+        params = load_params(REPO / "presets" / f"{preset}.yaml")
+        assert (params.features.norm, params.features.paper_mean, params.features.paper_std) == (
+            "paper",
+            -4.6476,
+            4.5699,
+        )
+    stats.main(
+        [
+            "--params",
+            str(REPO / "presets" / "fsd50k.yaml"),
+            "--set",
+            "tracking.enabled=false",
+            "--features",
+            str(features),
+            "--out",
+            str(tmp_path / "stats.json"),
+        ]
+    )
+    norm = Normaliser.from_file(tmp_path / "stats.json")
+    assert (norm.mean, norm.std) == (-4.6476, 4.5699)
+    params = _params(num_workers=0)
+    (x, _), *_ = device_batches(
+        eval_loader(params, FeatureDataset(features)), params, norm, "cpu", torch.Generator(), train=False
+    )
+    with h5py.File(features) as h:
+        raw = torch.from_numpy(h["fbank"][:8]).float()
+    assert torch.allclose(x, (raw - -4.6476) / 4.5699, rtol=0, atol=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
@@ -238,3 +239,135 @@ def test_a_lite_package_that_does_not_line_up_is_a_one_line_error():
     with pytest.raises(PipelineError) as err:
         map_lite_state(LITE0, state)
     assert "\n" not in str(err.value) and "model.pretrained: none" in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# the official backbone's options (model.name tag, drop_path, bn_momentum, padding)
+
+PAPER_B2 = {
+    "name": "tf_efficientnet_b2.aa_in1k",
+    "pretrained": "none",
+    "stem": "random",
+    "heads": 4,
+    "drop_path": 0.2,
+    "bn_momentum": 0.01,
+    "padding": "static",
+}
+
+
+def paper_b2(classes: int = 10, **kw) -> PSLAModel:
+    return create_model(Model(**{**PAPER_B2, **kw}), classes)
+
+
+def with_official_weights(ours: PSLAModel, official) -> PSLAModel:
+    """Our model holding the official model's weights (backbone mapped, attention by name)."""
+    from pipeline.import_psla import map_effnet_state
+
+    ours.backbone.load_state_dict(map_effnet_state(ours.backbone, official.effnet.state_dict()), strict=False)
+    ours.attention.load_state_dict(official.attention.state_dict())
+    return ours.eval()
+
+
+@pytest.fixture(scope="module")
+def official_b2():
+    from tests.psla_reference import official_model
+
+    return official_model(classes=10)
+
+
+@pytest.mark.parametrize("frames", [1056, 400])
+def test_static_padding_gives_the_official_models_outputs(official_b2, frames):
+    """Same weights, eval mode, a paper-shaped input: our model computes the official EffNetAttention's
+    scores (float32: <= 1e-5; measured 2e-7), and its backbone the official features (float64, so that
+    only the order of float operations could differ: <= 1e-10; measured 5e-14). timm's dynamic padding
+    does not: efficientnet_pytorch pads its stride-2 convs as for a 260 x 260 image (a k5 s2 conv: 2 + 2)
+    whatever the input, timm for the actual 128-row fbank (1 + 2): scores differ by about 0.05."""
+    x = torch.randn(2, frames, 128, generator=torch.Generator().manual_seed(1))
+    ours, dynamic = (with_official_weights(paper_b2(padding=p), official_b2) for p in ("static", "dynamic"))
+    with torch.no_grad():
+        reference = official_b2(x)
+        assert (ours(x) - reference).abs().max().item() <= 1e-5
+        assert (dynamic(x) - reference).abs().max().item() > 1e-3
+        image = x.unsqueeze(1).transpose(2, 3).double()
+        features = copy.deepcopy(official_b2.effnet).double().extract_features(image)
+        assert (ours.double().backbone.forward_features(image) - features).abs().max().item() <= 1e-10
+
+
+def test_batchnorm_momentum_and_eps_equal_the_official(official_b2):
+    theirs = [m for m in official_b2.effnet.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    ours = [m for m in paper_b2().backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(ours) == len(theirs) == 69
+    for mine, official in zip(ours, theirs):
+        assert mine.momentum == pytest.approx(official.momentum, rel=1e-12)  # theirs: 1 - 0.99
+        assert mine.eps == official.eps == 1e-3
+    assert {m.momentum for m in create_model(lite0(), 3).modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
+
+
+def test_drop_path_rates_equal_the_official(official_b2):
+    """efficientnet_pytorch's extract_features: block idx of n drops its residual at drop_connect_rate * idx / n."""
+    blocks = [block for stage in paper_b2().backbone.blocks for block in stage]
+    theirs = official_b2.effnet._blocks
+    assert len(blocks) == len(theirs) == 23
+    rate = official_b2.effnet._global_params.drop_connect_rate
+    assert rate == 0.2
+    for idx, block in enumerate(blocks):
+        assert getattr(block.drop_path, "drop_prob", 0.0) == pytest.approx(rate * idx / len(theirs), abs=1e-15)
+    # the demo's default: no stochastic depth
+    assert not any(hasattr(m, "drop_prob") for m in create_model(lite0(), 3).modules())
+
+
+def test_the_default_padding_is_timms():
+    from pipeline.model import StaticSamePadConv2d
+
+    assert not any(isinstance(m, StaticSamePadConv2d) for m in create_model(lite0(), 3).modules())
+    pads = {n: m.pads for n, m in paper_b2().backbone.named_modules() if isinstance(m, StaticSamePadConv2d)}
+    # efficientnet_pytorch's for a 260 x 260 image: 260 -> 130 -> 65 -> 33 -> 17 (stride-2 convs only)
+    assert pads == {
+        "conv_stem": (0, 1, 0, 1),
+        "blocks.1.0.conv_dw": (0, 1, 0, 1),
+        "blocks.2.0.conv_dw": (2, 2, 2, 2),
+        "blocks.3.0.conv_dw": (1, 1, 1, 1),
+        "blocks.5.0.conv_dw": (2, 2, 2, 2),
+    }
+    with pytest.raises(PipelineError, match="model.padding: static: 'resnet10t'"):
+        create_model(lite0(name="resnet10t", padding="static"), 3)
+
+
+def test_a_timm_weights_tag_works_as_a_model_name(tmp_path, monkeypatch):
+    model = paper_b2()
+    assert count_parameters(model) == count_parameters(create_model(lite0(name="tf_efficientnet_b2"), 10))
+    with pytest.raises(PipelineError) as err:
+        create_model(lite0(name="tf_efficientnet_b2.no_such_tag"), 3)
+    assert "\n" not in str(err.value) and "aa_in1k" in str(err.value)
+    # imagenet asks timm for the tagged weights (download replaced by known weights)
+    asked = []
+    real = timm.create_model
+
+    def fake(name, pretrained=False, **kw):
+        asked.append((name, pretrained))
+        return real(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(timm, "create_model", fake)
+    create_model(lite0(name="tf_efficientnet_b2.aa_in1k", pretrained="imagenet", stem="random"), 3)
+    assert ("tf_efficientnet_b2.aa_in1k", True) in asked
+    assert lite_weights_file("tf_efficientnet_lite0.in1k") == lite_weights_file(LITE0)
+    monkeypatch.undo()
+    write_params(tmp_path / "params.yaml", {})
+    args = ["--set", "model.name=tf_efficientnet_b2.aa_in1k", "--set", "model.pretrained=none"]
+    proc = run_module("pipeline.model", *args, cwd=tmp_path)
+    assert proc.stdout.startswith("tf_efficientnet_b2.aa_in1k, 4 heads, 527 classes: 13,640,766 parameters")
+
+
+def test_fine_tuning_keeps_the_pooling_of_a_checkpoint_with_the_same_classes(tmp_path):
+    torch.manual_seed(0)
+    trained = create_model(lite0(), 3)
+    with torch.no_grad():
+        for p in trained.attention.parameters():
+            p.add_(1.0)
+    torch.save({"model": {f"module.{k}": v for k, v in trained.state_dict().items()}}, tmp_path / "ckpt.pt")
+    same = create_model(lite0(pretrained=str(tmp_path / "ckpt.pt")), 3)
+    for key, value in trained.state_dict().items():
+        assert torch.equal(same.state_dict()[key], value), key
+    other = create_model(lite0(pretrained=str(tmp_path / "ckpt.pt")), 5)  # another class list: a fresh pooling
+    assert_backbone_equals(other, trained.backbone.state_dict())
+    assert torch.equal(other.attention.head_weight.detach(), torch.full((4,), 0.25))

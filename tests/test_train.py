@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,6 +93,49 @@ def test_learning_rate_warms_up_then_drops_every_few_epochs():
     assert [learning_rate(p, e, 100) for e in range(1, 10)] == [1, 1, 1, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125]
 
 
+def official_learning_rates(lr, epochs, steps_per_epoch, decay_start, decay=0.5, warmup=True):
+    """The official traintest.py schedule, written out: a real Adam and MultiStepLR (milestones every
+    5 epochs from decay_start, stepped after each epoch); while global_step <= 1000, every 50th step
+    sets the rate to global_step / 1000 x lr; global_step counts from 0. Returns each step's rate."""
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([weight], lr, weight_decay=5e-7, betas=(0.95, 0.999))
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(range(decay_start, 1000, 5)), gamma=decay)
+    rates, global_step = [], 0
+    for _epoch in range(1, epochs + 1):
+        for _ in range(steps_per_epoch):
+            if global_step <= 1000 and global_step % 50 == 0 and warmup:
+                for group in optimizer.param_groups:
+                    group["lr"] = global_step / 1000 * lr
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            global_step += 1
+        scheduler.step()
+    return rates
+
+
+@pytest.mark.parametrize(
+    "preset, steps_per_epoch, epochs",
+    [
+        ("audioset_balanced", 222, 6),  # 22,160 clips / 100: the warm-up spans five epochs
+        ("fsd50k", 1534, 1),  # 36,796 clips / 24: the warm-up ends in the first epoch
+        ("audioset_full", 230, 16),  # short epochs (a partial download): decays during the warm-up
+    ],
+)
+def test_paper_warmup_is_the_official_sequence_step_by_step(preset, steps_per_epoch, epochs):
+    p = load_params(REPO / "presets" / f"{preset}.yaml")
+    if preset == "audioset_full":  # decays from epoch 2 on, every 5: at the ends of epochs 2 and 7 (steps 460, 1610)
+        p = load_params(REPO / "presets" / f"{preset}.yaml", ["train.lr_decay_start=2"])
+    assert (p.train.warmup, p.train.warmup_steps, p.train.lr_decay_every) == ("paper", 1000, 5)
+    want = official_learning_rates(p.train.lr, epochs, steps_per_epoch, p.train.lr_decay_start, p.train.lr_decay)
+    got = [
+        learning_rate(p, (step - 1) // steps_per_epoch + 1, step, steps_per_epoch)
+        for step in range(1, epochs * steps_per_epoch + 1)
+    ]
+    assert len(got) >= 1100
+    assert got == pytest.approx(want, rel=1e-12, abs=0)
+    assert got[:50] == [0.0] * 50 and got[50] == pytest.approx(p.train.lr / 20)
+
+
 def test_training_writes_checkpoints_history_and_improves(tiny_data, tmp_path):
     out = tmp_path / "run"
     best = train(
@@ -109,8 +153,11 @@ def test_training_writes_checkpoints_history_and_improves(tiny_data, tmp_path):
     assert history[-1] < history[0]  # the training loss goes down
 
 
-def test_interrupted_then_resumed_run_ends_with_the_same_weights(tiny_data, tmp_path):
-    params = _params(tiny_data)
+@pytest.mark.parametrize(
+    "extra", [[], ["augment.mixup_partner=dataset", "augment.mixup=1.0"]], ids=["batch", "dataset"]
+)
+def test_interrupted_then_resumed_run_ends_with_the_same_weights(tiny_data, tmp_path, extra):
+    params = _params(tiny_data, *extra)
     train(params, _inputs(tiny_data), tmp_path / "straight", seed=3, progress=False)
 
     resumed = tmp_path / "resumed"
@@ -139,6 +186,7 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(tiny_data, tmp_
         "--seed",
         "3",
         "--no-progress",
+        *(arg for override in extra for arg in ("--set", override)),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -357,3 +405,26 @@ def test_no_teacher_is_trained_when_labels_are_not_enhanced(tiny_data, tmp_path)
 
     scores, clip_ids, class_ids = read_predictions(tmp_path / "p.npz")
     assert scores.shape == (0, 17) and clip_ids == [] and len(class_ids) == 17
+
+
+@pytest.mark.parametrize("val", ["holdout", "eval"])
+def test_a_teacher_validated_on_eval_scores_with_its_last_checkpoint(tiny_data, tmp_path, monkeypatch, val):
+    """data.audioset.val: eval: best.pt was chosen on eval, which must not reach the enhanced labels."""
+    from pipeline.stages import train as stage
+
+    used = []
+    monkeypatch.setattr(stage, "predict_file", lambda params, checkpoint, *args, **kw: used.append(Path(checkpoint)))
+    stage.main(
+        [
+            "--params",
+            str(TINY),
+            *("--set", f"data.root={tiny_data}", "--set", "tracking.enabled=false", "--set", "data.dataset=audioset"),
+            *("--set", f"data.audioset.val={val}", "--set", "train.epochs=1", "--set", "aggregate.wa_start=1"),
+            *("--set", "aggregate.wa_end=1", "--role", "teacher", "--no-progress"),
+            *("--train-features", str(tiny_data / "train.h5"), "--val-features", str(tiny_data / "val.h5")),
+            *("--weights", str(tiny_data / "weights.csv"), "--stats", str(tiny_data / "stats.json")),
+            *("--classes", str(tiny_data / "classes.csv"), "--out", str(tmp_path / "teacher"), "--seed", "0"),
+            *("--predict-features", str(tiny_data / "train.h5"), "--predict-out", str(tmp_path / "p.npz")),
+        ]
+    )
+    assert [p.name for p in used] == ["last.pt" if val == "eval" else "best.pt"]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pipeline.classes import read_ontology
 from pipeline.cli import load_from_args, params_parser, run
-from pipeline.enhance import build_relations, enhance_labels, labels_of
+from pipeline.enhance import build_relations, enhance_labels, labels_of, restricted_classes
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_path, atomic_write_json, atomic_write_text
 from pipeline.predictions import load_scores_for
@@ -65,6 +65,7 @@ def main(argv=None):
         out, source = Path(args.out), Path(args.manifest)
         report_path = Path(args.report) if args.report else out.with_name(out.stem + "_report.json")
         entries, classes, labels = read_labelled_manifest(source, args.classes, "enhance")
+        skipped_sources: list[str] = []
         if stat == "none":
             result = enhance_labels(labels, None, None, "none")
             with atomic_path(out) as tmp:
@@ -80,7 +81,11 @@ def main(argv=None):
                     f"labels.enhance is {stat}: pass --scores (the teacher's predictions on "
                     f"{source.name}), or set labels.enhance: none"
                 )
-            relations = build_relations(read_ontology(args.ontology), classes, source=args.ontology)
+            # FSD50K, as the official code: classes restricted in the ontology enhance nothing (pipeline/enhance.py)
+            ontology = read_ontology(args.ontology)
+            fsd50k = params.data.dataset == "fsd50k"
+            relations = build_relations(ontology, classes, source=args.ontology, restricted_sources=not fsd50k)
+            skipped_sources = restricted_classes(ontology, classes.mids) if fsd50k else []
             scores = load_scores_for(args.scores, entries, classes)
             result = enhance_labels(labels, scores, relations, stat, types)
             rewrite_labels(source, out, labels_of(result.labels, classes.mids))
@@ -89,6 +94,7 @@ def main(argv=None):
             "scores": args.scores,
             "ontology": args.ontology,
             "out": str(out),
+            "skipped_sources": skipped_sources,
             **result.report(classes.mids, classes.names),
         }
         atomic_write_json(report_path, report)
