@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # DVC and Snakemake run `python -m pipeline.stages...`: make that the venv's python.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install demo test ablation lock params clean-demo
+.PHONY: install demo test ablation lock params clean-demo screenshots
 
 install: $(STAMP)
 
@@ -27,16 +27,22 @@ ablation: $(STAMP)
 	dvc repro
 	python -m pipeline.ablation $(ABLATION_ARGS)
 
+# The README's MLflow pictures (docs/images/mlflow-*.png): a tiny `dvc repro` in a temporary copy of the
+# project, `mlflow ui` on 127.0.0.1 over it, headless Chromium (Debian: apt-get install chromium).
+screenshots: $(STAMP)
+	python scripts/screenshots.py --out docs/images
+
 test: $(STAMP)
 	ruff check .
 	ruff format --check .
 	python -m pytest -n 2 -q
 
-# Re-lock every transitive dependency after editing pyproject.toml's pins.
+# Re-lock every transitive dependency after editing pyproject.toml's pins, and the rules' conda env with it.
 lock: $(STAMP)
 	{ echo "# Lock file: every package of the environment, exact versions (Linux x86_64, Python 3.11)."; \
 	  echo "# Regenerate after changing pyproject.toml: make lock"; \
 	  $(VENV)/bin/python -m pip freeze --exclude-editable; } > constraints.txt.new && mv constraints.txt.new constraints.txt
+	$(VENV)/bin/python envs/conda_env.py
 
 # params.yaml is the schema's defaults written out in full; regenerate after changing pipeline/config.py.
 params: $(STAMP)

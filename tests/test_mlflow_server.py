@@ -1,5 +1,6 @@
 """`mlflow server` on 127.0.0.1 over a store the pipeline wrote: training runs have per-epoch metrics and artifacts."""
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -9,9 +10,12 @@ import urllib.parse
 import urllib.request
 
 import pytest
+import yaml
 
-from tests.conftest import run_module
+from tests.conftest import REPO, run_module
 from tests.test_train import TINY, tiny_data  # noqa: F401  (module fixture)
+
+TINY_PRESET = REPO / "presets" / "tiny.yaml"
 
 BIN = __import__("pathlib").Path(sys.executable).parent
 
@@ -111,3 +115,185 @@ def test_mlflow_server_shows_training_runs_with_curves_and_artifacts(tiny_data, 
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def _wait_for(url: str, proc: subprocess.Popen, what: str, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"{what} did not start: {proc.communicate()[1][-3000:]}")
+            time.sleep(0.5)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a server started in its own session, and its workers."""
+    import os
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=20)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _serve(args: list[str], cwd, env: dict, port: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BIN / "mlflow"), *args, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _all_runs(base: str, experiment_id: str) -> list[dict]:
+    runs, token = [], None
+    while True:
+        body = {"experiment_ids": [experiment_id], "max_results": 500, **({"page_token": token} if token else {})}
+        page = _post(base, "/api/2.0/mlflow/runs/search", body)
+        runs += page.get("runs", [])
+        token = page.get("next_page_token")
+        if not token:
+            return runs
+
+
+def _tags(run: dict) -> dict:
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+@pytest.mark.slow
+def test_a_tracked_pipeline_as_people_browse_it(tmp_path, no_proxy, monkeypatch):
+    """After a tiny `dvc repro`: one parent run with every stage nested under it, the dataset inputs, the
+    logged and registered models (served, they tag a wav), system metrics of training; a no-op
+    `dvc repro` adds no run. Snakemake nests its jobs under a parent of its own the same way."""
+    import os
+    import shutil
+
+    import soundfile as sf
+
+    from pipeline.classes import read_classes
+    from pipeline.config import load_params, to_yaml
+    from tests.test_workflows import _project_copy, _run
+
+    project = _project_copy(tmp_path)
+    (project / "params.yaml").write_text(to_yaml(load_params(TINY_PRESET, [])))
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # a tiny training lasts seconds
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    _run([str(BIN / "dvc"), "repro"], project)
+    assert "Running stage" not in _run([str(BIN / "dvc"), "repro"], project)
+    # Snakemake, into its own outputs: a few jobs (metadata, val's prepare shards and their merge), twice
+    shutil.move(project / "data", tmp_path / "dvc-data")
+    _run([str(BIN / "snakemake"), "--cores", "2", "data/manifests/val.csv"], project)
+    assert "Nothing to be done" in _run([str(BIN / "snakemake"), "--cores", "1", "data/manifests/val.csv"], project)
+
+    store = f"sqlite:///{project / 'mlflow.db'}"
+    port = _free_port()
+    server = _serve(["server", "--backend-store-uri", store, "--workers", "1"], project, env, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(f"{base}/health", server, "mlflow server")
+        experiment = _get(base, "/api/2.0/mlflow/experiments/get-by-name", experiment_name="psla")["experiment"]
+        runs = _all_runs(base, experiment["experiment_id"])
+        parents = [r for r in runs if _tags(r).get("stage") == "pipeline"]
+        assert sorted(_tags(p)["tool"] for p in parents) == ["dvc", "snakemake"]  # the no-op repro made none
+        [dvc] = [p for p in parents if _tags(p)["tool"] == "dvc"]
+        [snake] = [p for p in parents if _tags(p)["tool"] == "snakemake"]
+        children = {p["info"]["run_id"]: [] for p in parents}
+        for run in runs:
+            if run not in parents:
+                children[_tags(run)["mlflow.parentRunId"]].append(run)  # every stage run is nested
+        assert sum(map(len, children.values())) == len(runs) - 2
+        dvc_names = sorted(r["info"]["run_name"] for r in children[dvc["info"]["run_id"]])
+        lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+        assert len(dvc_names) == len(lock)  # one run per stage DVC ran
+        assert {"train seed-1", "features eval (shard 0 of 2)", "prepare val (merge of 2 shards)", "evaluate"} <= set(
+            dvc_names
+        )
+        assert sorted(r["info"]["run_name"] for r in children[snake["info"]["run_id"]]) == [
+            "metadata",
+            "prepare val (merge of 2 shards)",
+            "prepare val (shard 0 of 2)",
+            "prepare val (shard 1 of 2)",
+        ]
+        # the parent: what ran, on what, and the headline metrics; ended by the evaluate stage
+        tags = _tags(dvc)
+        assert tags["command"] == "dvc repro" and tags["dataset"] == "demo" and tags["git_commit"]
+        assert tags["params_hash"] and dvc["info"]["status"] == "FINISHED"
+        headline = {m["key"] for m in dvc["data"]["metrics"]}
+        assert headline == {"eval_mAP/seed-1/wa", "eval_mAP/seed-ensemble"}
+        # dataset inputs: what trained and evaluated which model
+        by_name = {r["info"]["run_name"]: r for r in children[dvc["info"]["run_id"]]}
+
+        def inputs(name):
+            found = by_name[name]["inputs"].get("dataset_inputs", [])
+            return {
+                (d["dataset"]["name"], next(t["value"] for t in d["tags"] if t["key"] == "mlflow.data.context")): d
+                for d in found
+            }
+
+        train_inputs = inputs("train seed-1")
+        assert set(train_inputs) == {("data/features/train_enhanced.h5", "train"), ("data/features/val.h5", "val")}
+        val = train_inputs[("data/features/val.h5", "val")]["dataset"]
+        assert json.loads(val["profile"]) == {"num_clips": 8} and len(val["digest"]) == 32
+        assert set(inputs("evaluate")) == {("data/features/eval.h5", "eval"), ("data/features/val.h5", "val")}
+        assert set(inputs("features eval (merge of 2 shards)")) == {("data/manifests/eval.csv", "manifest")}
+        assert set(inputs("features eval (shard 1 of 2)")) == {("data/manifests/eval.shards/1.csv", "manifest")}
+        # system metrics while training
+        train_metrics = {m["key"] for m in by_name["train seed-1"]["data"]["metrics"]}
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= train_metrics
+        # the registered models: each WA model and the seed ensemble, `best` on the best eval mAP
+        model = _get(base, "/api/2.0/mlflow/registered-models/get", name="psla-demo")["registered_model"]
+        versions = _get(base, "/api/2.0/mlflow/model-versions/search", filter="name='psla-demo'")["model_versions"]
+        assert sorted({t["key"]: t["value"] for t in v["tags"]}["model"] for v in versions) == [
+            "seed-1/wa",
+            "seed-ensemble",
+        ]
+        assert {v["run_id"] for v in versions} == {by_name["evaluate"]["info"]["run_id"]}
+        assert [a["alias"] for a in model["aliases"]] == ["best"]
+        logged = by_name["evaluate"].get("outputs", {}).get("model_outputs", [])
+        assert len(logged) == 2  # the UI's Models column
+    finally:
+        _stop(server)
+
+    # the best model, served: a POST with a wav (decoded, and by its path) answers with its tags
+    clip = next((tmp_path / "dvc-data" / "audio" / "eval").rglob("*.flac"))
+    wav = tmp_path / "clip.wav"
+    wave, rate = sf.read(clip, dtype="float32")
+    sf.write(wav, wave, rate)
+    classes = list(read_classes(project / "data/classes.csv").names)
+    port = _free_port()
+    serve_env = {**env, "MLFLOW_TRACKING_URI": store}
+    served = _serve(
+        ["models", "serve", "-m", "models:/psla-demo@best", "--env-manager", "local"], project, serve_env, port
+    )
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/ping", served, "mlflow models serve", seconds=240)
+        wave, rate = sf.read(wav, dtype="float32")
+        answer = _post(
+            f"http://127.0.0.1:{port}",
+            "/invocations",
+            {
+                "dataframe_split": {
+                    "columns": ["path", "waveform", "sample_rate"],
+                    "data": [[str(wav), None, None], [None, wave.tolist(), rate]],
+                }
+            },
+        )
+        rows = answer["predictions"]
+        assert len(rows) == 2 and list(rows[0]) == classes  # one column per class, by display name
+        by_path, by_wave = (list(r.values()) for r in rows)
+        assert all(0.0 <= s <= 1.0 for s in by_path) and by_path == pytest.approx(by_wave, abs=1e-5)
+    finally:
+        _stop(served)

@@ -11,6 +11,10 @@ split at the top level, the others under their name), `<out-dir>/per_class_ap_<s
 and plots `<plots-dir>/<split>/{per_class_ap,pr_curves,map_per_epoch}.{csv,png}` (+ pr_curves_classes.csv).
 `--wa` defaults to `<run>/wa.pt` for each run. evaluate.extra_members adds an ensemble of those
 checkpoints with the runs' weight-averaged models.
+
+MLflow: the features files evaluated are the run's dataset inputs; each weight-averaged model and the
+seed ensemble are logged as MLflow Models and registered as `psla-<dataset>` (`pipeline/mlflow_model.py`);
+the pipeline execution's parent run gets the headline eval mAPs and ends (`pipeline/mlflow_pipeline.py`).
 """
 
 from pathlib import Path
@@ -52,7 +56,7 @@ def main(argv=None):
             summary_table,
             write_outputs,
         )
-        from pipeline.tracking import stage_run
+        from pipeline.tracking import finish_pipeline, headline_metrics, log_evaluated_models, stage_run
         from pipeline.train import Distributed, resolve_device
 
         params = load_from_args(args)
@@ -77,9 +81,16 @@ def main(argv=None):
                 result = evaluate_runs(params, args.runs, wa, splits, classes, predictor, params.evaluate.extra_members)
             outputs = write_outputs(result, args.out_dir, args.plots_dir, args.predictions_dir)
             summarised = log_evaluation(run_, result, outputs)
+            for split in splits:
+                run_.log_dataset(split.features, split.name, clips=len(split.clip_ids))
+            versions = log_evaluated_models(run_, params, result, wa)
+        finish_pipeline(run_, *headline_metrics(result))  # the last stage: the pipeline's parent run ends
         print("\n\n".join(summary_table(result, s) for s in splits))
         linked = f"; tagged with train runs {', '.join(summarised.values())}" if summarised else ""
         print(f"{result.checkpoint_runs} checkpoint runs -> {outputs.metrics}{linked}")
+        if versions:
+            registered = ", ".join(f"{name} v{v}" for name, v in versions.items())
+            print(f"registered as psla-{params.data.dataset}: {registered}")
 
     run(body, parser, argv)
 
