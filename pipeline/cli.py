@@ -9,14 +9,13 @@ from collections.abc import Callable
 from pipeline.errors import PipelineError
 
 
-def params_parser(description: str) -> argparse.ArgumentParser:
+def params_parser(
+    description: str,
+    default: str | None = "params.yaml",
+    params_help: str = "params file (default: params.yaml); presets/ holds the paper's recipes",
+) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument(
-        "--params",
-        default="params.yaml",
-        metavar="FILE",
-        help="params file (default: params.yaml); presets/ holds the paper's recipes",
-    )
+    parser.add_argument("--params", default=default, metavar="FILE", help=params_help)
     parser.add_argument(
         "--set",
         dest="overrides",

@@ -396,11 +396,15 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
-    tree = read_yaml(path)
+    return with_overrides(read_yaml(path), overrides, str(path))
+
+
+def with_overrides(tree: dict, overrides: list[str] | None, origin: str) -> Params:
+    """`tree` (a params file's contents, read from `origin`) under the `--set` overrides, validated."""
     overrides = overrides or []
-    source = f"{path} (with --set {' '.join(overrides)})" if overrides else str(path)
+    source = f"{origin} (with --set {' '.join(overrides)})" if overrides else origin
     for text in overrides:
-        key, value = parse_override(text, str(path))
+        key, value = parse_override(text, origin)
         _set_dotted(tree, key, value, source)
     return validate(tree, source)
 

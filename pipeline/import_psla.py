@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from pipeline.classes import ClassList
-from pipeline.config import Features, Model, Params
+from pipeline.config import Params, with_overrides
 from pipeline.errors import PipelineError
 from pipeline.features import fbank_options
 from pipeline.model import create_model, describe
@@ -171,12 +171,18 @@ def _check_head(attention: Mapping[str, torch.Tensor], model: nn.Module, classes
         raise PipelineError(f"{source}: its attention pooling does not fit the model (e.g. '{wrong[0]}')")
 
 
+def paper_audioset_params(overrides: list[str] | None = None) -> Params:
+    """The paper's AudioSet model and features (1056 frames), under `--set` overrides."""
+    tree = {"model": dict(PAPER_MODEL), "features": {**PAPER_FEATURES, "target_length": 1056}}
+    return with_overrides(tree, overrides, "the paper's AudioSet params")
+
+
 def paper_params(params: Params | None = None) -> Params:
     """`params` (a paper preset), or without it the paper's AudioSet model and features (1056 frames),
     checked to describe the released models: 128-bin, 10 ms fbanks, the paper's normalisation, the
     official padding."""
     if params is None:
-        params = Params(model=Model(**PAPER_MODEL), features=Features(**PAPER_FEATURES, target_length=1056))
+        params = paper_audioset_params()
     have = params.features.model_dump()
     for key, value in PAPER_FEATURES.items():
         if have[key] != value:

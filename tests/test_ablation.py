@@ -115,7 +115,17 @@ def test_two_variants_one_epoch_as_dvc_experiments(tmp_path):
 
     run("git", "add", "-A")
     run("git", "commit", "-qm", "tiny project")
-    run("make", "ablation", f"VENV={BIN.parent}", "ABLATION_ARGS=--variants no_mixup no_specaugment --prefix t")
+    # -o: the shared venv counts as installed. Without it make reinstalls the project from this copy
+    # (its pyproject.toml is newer than the venv's stamp), and the venv's editable install would point here.
+    stamp = BIN.parent / ".installed"
+    run(
+        "make",
+        "-o",
+        str(stamp),
+        "ablation",
+        f"VENV={BIN.parent}",
+        "ABLATION_ARGS=--variants no_mixup no_specaugment --prefix t",
+    )
 
     table = {r["variant"]: r for r in csv.DictReader((project / "reports/ablation.csv").open())}
     assert list(table) == ["full", "no_specaugment", "no_mixup", "no_weight_averaging", "seed_ensemble"]

@@ -31,6 +31,7 @@ def test_every_stage_applies_set_overrides_before_anything_else(tmp_path, stage)
         "features": ["--manifest", "m.csv", "--classes", "c.csv", "--out", "c.csv", "--report", "r.json"],
         "stats": ["--features", "f.h5", "--out", "c.csv"],
         "weights": ["--manifest", "m.csv", "--classes", "k.csv", "--out", "c.csv"],
+        "import_psla": ["--params", "params.yaml", "--checkpoint", "m.pth", "--classes", "k.csv", "--out", "o.pt"],
         "train": [
             "--train-features",
             "t.h5",

@@ -248,3 +248,21 @@ def test_params_that_do_not_describe_the_released_models_are_one_line_errors(rel
     paper_features = Params(features=Features(**PAPER_FEATURES))
     with pytest.raises(PipelineError, match="model.padding: static"):
         import_released(released["file"], released["classes"], paper_features)
+
+
+def test_without_params_the_cli_takes_the_papers_audioset_under_set_overrides(tmp_path):
+    from pipeline.import_psla import paper_audioset_params
+
+    params = paper_audioset_params(["features.target_length=3000"])
+    assert params.features.target_length == 3000 and params.model.padding == "static"
+    proc = run_module(
+        "pipeline.stages.import_psla",
+        *("--checkpoint", "m.pth", "--classes", "k.csv", "--out", "o.pt", "--set", "model.heads=-1"),
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 2 and not (tmp_path / "o.pt").exists()
+    assert proc.stderr.strip() == (
+        "error: the paper's AudioSet params (with --set model.heads=-1): model.heads: "
+        "Input should be greater than or equal to 0 (got -1)"
+    )

@@ -8,26 +8,26 @@ The output tags audio (`psla tag`), predicts, evaluates (`evaluate.extra_members
 and features (1056 frames); FSD50K models: --params presets/fsd50k.yaml (3000 frames).
 """
 
-import argparse
-
 from pipeline.classes import read_classes
-from pipeline.cli import run
-from pipeline.config import load_params
-from pipeline.import_psla import import_released
+from pipeline.cli import load_from_args, params_parser, run
+from pipeline.import_psla import import_released, paper_audioset_params
 from pipeline.io import atomic_path
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = params_parser(
+        __doc__.splitlines()[0],
+        default=None,
+        params_help="a paper preset (its model and features sections); default: the paper's AudioSet (1056 frames)",
+    )
     parser.add_argument("--checkpoint", required=True, help="a released model file (as_mdl_0.pth, fsd_mdl_wa.pth, ...)")
     parser.add_argument("--classes", required=True, help="its class list (index,mid,display_name)")
     parser.add_argument("--out", required=True, help="the checkpoint to write (.pt)")
-    parser.add_argument("--params", help="a paper preset (model and features sections); default: the paper's AudioSet")
 
     def body(args):
         import torch
 
-        params = load_params(args.params) if args.params else None
+        params = load_from_args(args) if args.params else paper_audioset_params(args.overrides)
         payload = import_released(args.checkpoint, read_classes(args.classes), params)
         with atomic_path(args.out) as tmp:
             torch.save(payload, tmp)
