@@ -176,7 +176,8 @@ def _tags(run: dict) -> dict:
 def test_a_tracked_pipeline_as_people_browse_it(tmp_path, no_proxy, monkeypatch):
     """After a tiny `dvc repro`: one parent run with every stage nested under it, the dataset inputs, the
     logged and registered models (served, they tag a wav), system metrics of training; a no-op
-    `dvc repro` adds no run. Snakemake nests its jobs under a parent of its own the same way."""
+    `dvc repro` adds no run. A tiny `snakemake` run nests its jobs under a parent of its own the same way,
+    and registers its models too; a no-op `snakemake` adds no run."""
     import os
     import shutil
 
@@ -193,10 +194,11 @@ def test_a_tracked_pipeline_as_people_browse_it(tmp_path, no_proxy, monkeypatch)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     _run([str(BIN / "dvc"), "repro"], project)
     assert "Running stage" not in _run([str(BIN / "dvc"), "repro"], project)
-    # Snakemake, into its own outputs: a few jobs (metadata, val's prepare shards and their merge), twice
-    shutil.move(project / "data", tmp_path / "dvc-data")
-    _run([str(BIN / "snakemake"), "--cores", "2", "data/manifests/val.csv"], project)
-    assert "Nothing to be done" in _run([str(BIN / "snakemake"), "--cores", "1", "data/manifests/val.csv"], project)
+    # Snakemake, the whole DAG into outputs of its own, twice (the second finds nothing to do)
+    for produced in ("data", "models", "metrics", "plots"):
+        shutil.move(project / produced, tmp_path / f"dvc-{produced}")
+    _run([str(BIN / "snakemake"), "--cores", "2"], project)
+    assert "Nothing to be done" in _run([str(BIN / "snakemake"), "--cores", "1"], project)
 
     store = f"sqlite:///{project / 'mlflow.db'}"
     port = _free_port()
@@ -221,18 +223,16 @@ def test_a_tracked_pipeline_as_people_browse_it(tmp_path, no_proxy, monkeypatch)
         assert {"train seed-1", "features eval (shard 0 of 2)", "prepare val (merge of 2 shards)", "evaluate"} <= set(
             dvc_names
         )
-        assert sorted(r["info"]["run_name"] for r in children[snake["info"]["run_id"]]) == [
-            "metadata",
-            "prepare val (merge of 2 shards)",
-            "prepare val (shard 0 of 2)",
-            "prepare val (shard 1 of 2)",
-        ]
+        snake_names = sorted(r["info"]["run_name"] for r in children[snake["info"]["run_id"]])
+        assert snake_names == dvc_names  # the same stages, named the same, one run each
         # the parent: what ran, on what, and the headline metrics; ended by the evaluate stage
         tags = _tags(dvc)
         assert tags["command"] == "dvc repro" and tags["dataset"] == "demo" and tags["git_commit"]
-        assert tags["params_hash"] and dvc["info"]["status"] == "FINISHED"
-        headline = {m["key"] for m in dvc["data"]["metrics"]}
-        assert headline == {"eval_mAP/seed-1/wa", "eval_mAP/seed-ensemble"}
+        assert _tags(snake)["command"].startswith("snakemake") and _tags(snake)["dataset"] == "demo"
+        for parent in (dvc, snake):
+            assert _tags(parent)["params_hash"] and parent["info"]["status"] == "FINISHED"
+            headline = {m["key"] for m in parent["data"]["metrics"]}
+            assert headline == {"eval_mAP/seed-1/wa", "eval_mAP/seed-ensemble"}
         # dataset inputs: what trained and evaluated which model
         by_name = {r["info"]["run_name"]: r for r in children[dvc["info"]["run_id"]]}
 
@@ -258,9 +258,13 @@ def test_a_tracked_pipeline_as_people_browse_it(tmp_path, no_proxy, monkeypatch)
         versions = _get(base, "/api/2.0/mlflow/model-versions/search", filter="name='psla-demo'")["model_versions"]
         assert sorted({t["key"]: t["value"] for t in v["tags"]}["model"] for v in versions) == [
             "seed-1/wa",
+            "seed-1/wa",
             "seed-ensemble",
-        ]
-        assert {v["run_id"] for v in versions} == {by_name["evaluate"]["info"]["run_id"]}
+            "seed-ensemble",
+        ]  # from the evaluate runs of both executions
+        snake_evaluate = next(r for r in children[snake["info"]["run_id"]] if r["info"]["run_name"] == "evaluate")
+        evaluate_ids = {by_name["evaluate"]["info"]["run_id"], snake_evaluate["info"]["run_id"]}
+        assert {v["run_id"] for v in versions} == evaluate_ids
         assert [a["alias"] for a in model["aliases"]] == ["best"]
         logged = by_name["evaluate"].get("outputs", {}).get("model_outputs", [])
         assert len(logged) == 2  # the UI's Models column
@@ -268,7 +272,7 @@ def test_a_tracked_pipeline_as_people_browse_it(tmp_path, no_proxy, monkeypatch)
         _stop(server)
 
     # the best model, served: a POST with a wav (decoded, and by its path) answers with its tags
-    clip = next((tmp_path / "dvc-data" / "audio" / "eval").rglob("*.flac"))
+    clip = next((project / "data" / "audio" / "eval").rglob("*.flac"))
     wav = tmp_path / "clip.wav"
     wave, rate = sf.read(clip, dtype="float32")
     sf.write(wav, wave, rate)
