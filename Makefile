@@ -25,7 +25,7 @@ demo: $(STAMP)
 # cached stages) and one DVC experiment per technique switched off -> reports/ablation.{csv,md,png}.
 ablation: $(STAMP)
 	dvc repro
-	python -m pipeline.ablation $(ABLATION_ARGS)
+	python -m pipeline.dag.ablation $(ABLATION_ARGS)
 
 # The README's MLflow pictures (docs/images/mlflow-*.png): a tiny `dvc repro` in a temporary copy of the
 # project, `mlflow ui` on 127.0.0.1 over it, headless Chromium (Debian: apt-get install chromium).
@@ -44,6 +44,6 @@ lock: $(STAMP)
 	  $(VENV)/bin/python -m pip freeze --exclude-editable; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 	$(VENV)/bin/python envs/conda_env.py
 
-# params.yaml is the schema's defaults written out in full; regenerate after changing pipeline/config.py.
+# params.yaml is the schema's defaults written out in full; regenerate after changing pipeline/core/params.py.
 params: $(STAMP)
-	python -m pipeline.config --params /dev/null --out params.yaml
+	python -m pipeline.core.params --params /dev/null --out params.yaml

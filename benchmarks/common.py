@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from pipeline.manifest import Entry, write_manifest
+from pipeline.data.manifest import Entry, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES_CSV = 'index,mid,display_name\n0,/m/a,"A"\n1,/m/b,"B"\n2,/m/c,"C"\n3,/m/d,"D"\n'

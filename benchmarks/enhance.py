@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classes import ClassList, read_classes, read_ontology
-from pipeline.enhance import build_relations, enhance_labels
+from pipeline.data.classes import ClassList, read_classes, read_ontology
+from pipeline.labels.enhance import build_relations, enhance_labels
 
 AUDIOSET = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "audioset"
 

@@ -20,10 +20,10 @@ import soundfile as sf
 import torch
 
 from benchmarks.common import peak_rss_mb, write_clips, write_dataset
-from pipeline.classes import read_classes
-from pipeline.config import Features
-from pipeline.features import compute_fbank, extract_features
-from pipeline.manifest import read_manifest
+from pipeline.core.params import Features
+from pipeline.data.classes import read_classes
+from pipeline.data.manifest import read_manifest
+from pipeline.features.features import compute_fbank, extract_features
 
 
 def ours(root: Path, entries, cfg) -> float:
@@ -85,8 +85,8 @@ def main():
             manifest = write_dataset(root / "short", n, short)
             code = (
                 f"import torch; torch.set_num_threads(1)\n"
-                f"from pipeline.features import extract_features\nfrom pipeline.config import Features\n"
-                f"from pipeline.classes import read_classes\nfrom pipeline.manifest import read_manifest\n"
+                f"from pipeline.features.features import extract_features\nfrom pipeline.core.params import Features\n"
+                f"from pipeline.data.classes import read_classes\nfrom pipeline.data.manifest import read_manifest\n"
                 f"from pathlib import Path\nroot = Path({str(root / 'short')!r})\n"
                 f"r = extract_features(read_manifest({str(manifest)!r}), split='m', data_root=root, "
                 f"out=root / 'm{n}.h5', cfg=Features(num_mel_bins=128, frame_shift_ms=10.0, target_length=100), "

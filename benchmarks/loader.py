@@ -32,12 +32,12 @@ import torchaudio.transforms as T
 from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.common import peak_rss_mb, write_clips, write_dataset
-from pipeline.classes import read_classes
-from pipeline.config import Params
-from pipeline.features import compute_fbank, extract_features
-from pipeline.loader import FeatureDataset, Normaliser, device_batches, train_loader
-from pipeline.manifest import read_manifest
-from pipeline.sampling import label_matrix, make_sampler, sample_weights
+from pipeline.core.params import Params
+from pipeline.data.classes import read_classes
+from pipeline.data.manifest import read_manifest
+from pipeline.features.features import compute_fbank, extract_features
+from pipeline.labels.weights import label_matrix, make_sampler, sample_weights
+from pipeline.training.loader import FeatureDataset, Normaliser, device_batches, train_loader
 
 
 class OnTheFlyDataset(Dataset):
@@ -157,7 +157,8 @@ def main():
                 f["n_frames"] = np.full(n, 100, np.int32)
                 f["clip_id"] = [f"c{i}" for i in range(n)]
             code = (
-                f"import numpy as np\nfrom pipeline.loader import FeatureDataset\nds = FeatureDataset({str(path)!r})\n"
+                f"import numpy as np\nfrom pipeline.training.loader import FeatureDataset\n"
+                f"ds = FeatureDataset({str(path)!r})\n"
                 f"for i in np.random.default_rng(0).integers(0, len(ds), 3000): ds[int(i)]\nRESULT = {{}}"
             )
             rss[n], _ = peak_rss_mb(code)

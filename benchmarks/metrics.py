@@ -20,7 +20,7 @@ import time
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pipeline.metrics import evaluate
+from pipeline.evaluation.score import evaluate
 
 
 def make_data(n: int, c: int, dtype, seed: int = 0):
@@ -82,7 +82,10 @@ def main():
     assert diff < 1e-9, f"values differ from sklearn: max abs difference {diff:.3g}"
 
     print(f"sklearn per-class loop: median {base_median:.3f} s  (runs: {', '.join(f'{t:.3f}' for t in base_runs)})")
-    print(f"pipeline.metrics.evaluate: median {ours_median:.4f} s  (runs: {', '.join(f'{t:.4f}' for t in ours_runs)})")
+    print(
+        f"pipeline.evaluation.score.evaluate: median {ours_median:.4f} s  "
+        f"(runs: {', '.join(f'{t:.4f}' for t in ours_runs)})"
+    )
     print(f"max abs difference over {len(ids)} per-class APs and AUCs and the means: {diff:.3g}")
     print(f"mAP {ours['mAP']:.6f}  mAUC {ours['mAUC']:.6f}  d' {ours['d_prime']:.4f}")
     speedup = base_median / ours_median

@@ -2,10 +2,10 @@
 
     .venv/bin/python -m benchmarks.tag [--minutes 10 --window 10 --hop 5 --batch-size 16 --repeats 3]
 
-A checkpoint of the default params' model (pipeline.config defaults: model.name, heads, features;
+A checkpoint of the default params' model (pipeline.core.params defaults: model.name, heads, features;
 random weights, model.pretrained none; 527 classes, AudioSet's count), written as the train stage
 writes one, and `--minutes` of 44.1 kHz stereo FLAC (tones, chirps, noise).
-Ours: pipeline.tagging.tag_file as `psla tag` runs it (decode, downmix, resample, fbanks, windows
+Ours: pipeline.tagging.tag.tag_file as `psla tag` runs it (decode, downmix, resample, fbanks, windows
 in batches of --batch-size). Baseline: the same code with the same windows one at a time (batch 1).
 Both in this process, alternated, after one warm-up each; then one whole `psla tag` run (start-up
 and model loading included). Target (issue 9): at least 20x faster than real time on 2 cores.
@@ -29,11 +29,11 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.config import Params  # noqa: E402
-from pipeline.features import fbank_options  # noqa: E402
-from pipeline.model import create_model, describe  # noqa: E402
-from pipeline.tagging import load_tagger, tag_file  # noqa: E402
-from pipeline.train import CHECKPOINT_FORMAT, save_checkpoint  # noqa: E402
+from pipeline.core.params import Params  # noqa: E402
+from pipeline.features.features import fbank_options  # noqa: E402
+from pipeline.tagging.tag import load_tagger, tag_file  # noqa: E402
+from pipeline.training.model import create_model, describe  # noqa: E402
+from pipeline.training.train import CHECKPOINT_FORMAT, save_checkpoint  # noqa: E402
 
 RATE = 44100
 
@@ -111,7 +111,7 @@ def main():
             [
                 sys.executable,
                 "-m",
-                "pipeline.commands",
+                "pipeline.tagging.command",
                 "tag",
                 str(tmp / "audio.flac"),
                 "--model",

@@ -17,10 +17,10 @@ import h5py
 import numpy as np
 import torch
 
-from pipeline.config import Params
-from pipeline.loader import FeatureDataset, Normaliser, device_batches, train_loader
-from pipeline.model import count_parameters, create_model
-from pipeline.train import train_step
+from pipeline.core.params import Params
+from pipeline.training.loader import FeatureDataset, Normaliser, device_batches, train_loader
+from pipeline.training.model import count_parameters, create_model
+from pipeline.training.train import train_step
 
 
 def step_rate(model, x, y, steps: int, amp_dtype) -> float:

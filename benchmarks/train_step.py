@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.train_step [--model mobilenetv3_small_100 --batch 32 --frames 300 --steps 5]
 
 Ours: mixup + SpecAugment + normalisation of a float16 batch as the loader delivers it, then
-pipeline.train.train_step (lr set, forward, finite check, clamped BCE, backward, Adam step).
+pipeline.training.train.train_step (lr set, forward, finite check, clamped BCE, backward, Adam step).
 Baseline: forward, BCE, backward, Adam step on an already-normalised float32 batch.
 Target (issue 5): our overhead at most 5%.
 """
@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from pipeline.augment import augment_batch
-from pipeline.config import Params
-from pipeline.model import create_model
-from pipeline.perf import tune_host_allocator
-from pipeline.train import train_step
+from pipeline.core.params import Params
+from pipeline.core.perf import tune_host_allocator
+from pipeline.training.augment import augment_batch
+from pipeline.training.model import create_model
+from pipeline.training.train import train_step
 
 
 def main():

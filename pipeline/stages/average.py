@@ -11,11 +11,11 @@ on that many training batches (augmented as in training), which needs --train-fe
 
 from pathlib import Path
 
-from pipeline.aggregate import average_checkpoints, reestimate_payload_batchnorm, select_epochs
-from pipeline.cli import load_from_args, params_parser, run
-from pipeline.errors import PipelineError
-from pipeline.tracking import stage_run
-from pipeline.train import Distributed, resolve_device, save_checkpoint
+from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.errors import PipelineError
+from pipeline.core.tracking import stage_run
+from pipeline.evaluation.average import average_checkpoints, reestimate_payload_batchnorm, select_epochs
+from pipeline.training.train import Distributed, resolve_device, save_checkpoint
 
 
 def main(argv=None):
@@ -40,7 +40,7 @@ def main(argv=None):
         seed = payload.get("seed")
         with stage_run(params, "average", {"seed": seed}) as run_:
             if cfg.bn_batches:
-                from pipeline.sampling import weights_by_clip
+                from pipeline.labels.weights import weights_by_clip
 
                 weights = weights_by_clip(args.weights) if args.weights else None
                 device = resolve_device(params, Distributed())

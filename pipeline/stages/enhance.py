@@ -19,14 +19,14 @@ import io
 import shutil
 from pathlib import Path
 
-from pipeline.classes import read_ontology
-from pipeline.cli import load_from_args, params_parser, run
-from pipeline.enhance import build_relations, enhance_labels, labels_of, restricted_classes
-from pipeline.errors import PipelineError
-from pipeline.io import atomic_path, atomic_write_json, atomic_write_text
-from pipeline.predictions import load_scores_for
-from pipeline.sampling import read_labelled_manifest
-from pipeline.tracking import stage_run
+from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.errors import PipelineError
+from pipeline.core.io import atomic_path, atomic_write_json, atomic_write_text
+from pipeline.core.predictions import load_scores_for
+from pipeline.core.tracking import stage_run
+from pipeline.data.classes import read_ontology
+from pipeline.labels.enhance import build_relations, enhance_labels, labels_of, restricted_classes
+from pipeline.labels.weights import read_labelled_manifest
 
 
 def rewrite_labels(source: Path, out: Path, labels: list[tuple[str, ...]]) -> None:
@@ -81,7 +81,7 @@ def main(argv=None):
                     f"labels.enhance is {stat}: pass --scores (the teacher's predictions on "
                     f"{source.name}), or set labels.enhance: none"
                 )
-            # FSD50K, as the official code: classes restricted in the ontology enhance nothing (pipeline/enhance.py)
+            # FSD50K, as the official code: classes restricted in the ontology enhance nothing
             ontology = read_ontology(args.ontology)
             fsd50k = params.data.dataset == "fsd50k"
             relations = build_relations(ontology, classes, source=args.ontology, restricted_sources=not fsd50k)

@@ -13,15 +13,15 @@ and plots `<plots-dir>/<split>/{per_class_ap,pr_curves,map_per_epoch}.{csv,png}`
 checkpoints with the runs' weight-averaged models.
 
 MLflow: the features files evaluated are the run's dataset inputs; each weight-averaged model and the
-seed ensemble are logged as MLflow Models and registered as `psla-<dataset>` (`pipeline/mlflow_model.py`);
-the pipeline execution's parent run gets the headline eval mAPs and ends (`pipeline/mlflow_pipeline.py`).
+seed ensemble are logged as MLflow Models and registered as `psla-<dataset>` (`pipeline/tagging/mlflow_model.py`);
+the pipeline execution's parent run gets the headline eval mAPs and ends (`pipeline/core/pipeline_run.py`).
 """
 
 from pathlib import Path
 
-from pipeline.classes import read_classes
-from pipeline.cli import load_from_args, params_parser, run
-from pipeline.errors import PipelineError
+from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.errors import PipelineError
+from pipeline.data.classes import read_classes
 
 
 def main(argv=None):
@@ -48,7 +48,8 @@ def main(argv=None):
     def body(args):
         import torch
 
-        from pipeline.evaluation import (
+        from pipeline.core.tracking import finish_pipeline, headline_metrics, log_evaluated_models, stage_run
+        from pipeline.evaluation.evaluate import (
             Predictor,
             evaluate_runs,
             load_split,
@@ -56,8 +57,7 @@ def main(argv=None):
             summary_table,
             write_outputs,
         )
-        from pipeline.tracking import finish_pipeline, headline_metrics, log_evaluated_models, stage_run
-        from pipeline.train import Distributed, resolve_device
+        from pipeline.training.train import Distributed, resolve_device
 
         params = load_from_args(args)
         classes = read_classes(args.classes)

@@ -12,15 +12,15 @@
 
 from pathlib import Path
 
-from pipeline.classes import read_classes
-from pipeline.cli import load_from_args, params_parser, run
-from pipeline.errors import PipelineError
-from pipeline.features import extract_features, merge_shards, relabel
-from pipeline.io import atomic_write_json
-from pipeline.manifest import read_manifest
-from pipeline.report import StageReport
-from pipeline.shards import add_shard_arguments, resolve_merge, resolve_shard, shard_path, unsharded_stem
-from pipeline.tracking import stage_run
+from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.errors import PipelineError
+from pipeline.core.io import atomic_write_json
+from pipeline.core.report import StageReport
+from pipeline.core.shards import add_shard_arguments, resolve_merge, resolve_shard, shard_path, unsharded_stem
+from pipeline.core.tracking import stage_run
+from pipeline.data.classes import read_classes
+from pipeline.data.manifest import read_manifest
+from pipeline.features.features import extract_features, merge_shards, relabel
 
 
 def main(argv=None):

@@ -8,10 +8,10 @@ The output tags audio (`psla tag`), predicts, evaluates (`evaluate.extra_members
 and features (1056 frames); FSD50K models: --params presets/fsd50k.yaml (3000 frames).
 """
 
-from pipeline.classes import read_classes
-from pipeline.cli import load_from_args, params_parser, run
-from pipeline.import_psla import import_released, paper_audioset_params
-from pipeline.io import atomic_path
+from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.io import atomic_path
+from pipeline.data.classes import read_classes
+from pipeline.training.import_psla import import_released, paper_audioset_params
 
 
 def main(argv=None):

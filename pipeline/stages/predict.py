@@ -8,9 +8,9 @@ The checkpoint carries its model config, class ids and normalisation stats, so n
 
 import torch
 
-from pipeline.cli import load_from_args, params_parser, run
-from pipeline.tracking import stage_run
-from pipeline.train import predict_file
+from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.tracking import stage_run
+from pipeline.training.train import predict_file
 
 
 def main(argv=None):

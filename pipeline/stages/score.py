@@ -18,12 +18,12 @@ import csv
 import io
 from pathlib import Path
 
-from pipeline.cli import load_from_args, params_parser, run
-from pipeline.errors import PipelineError
-from pipeline.io import atomic_write_json, atomic_write_text
-from pipeline.metrics import evaluate, json_ready, value_text
-from pipeline.predictions import load_scores_for
-from pipeline.sampling import read_labelled_manifest
+from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.errors import PipelineError
+from pipeline.core.io import atomic_write_json, atomic_write_text
+from pipeline.core.predictions import load_scores_for
+from pipeline.evaluation.score import evaluate, json_ready, value_text
+from pipeline.labels.weights import read_labelled_manifest
 
 PER_CLASS_COLUMNS = ("index", "mid", "display_name", "AP", "AUC", "positives")
 
@@ -92,7 +92,7 @@ def main(argv=None):
         atomic_write_json(args.out, json_ready(payload))  # null, never a bare NaN / Infinity
         if args.per_class_csv:
             atomic_write_text(args.per_class_csv, per_class_csv(result, classes))
-        from pipeline.tracking import stage_run
+        from pipeline.core.tracking import stage_run
 
         with stage_run(
             params, "score", {"manifest": Path(args.manifest).stem, "scores": Path(args.scores).name}

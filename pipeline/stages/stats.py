@@ -3,10 +3,10 @@
 python -m pipeline.stages.stats --features data/features/train.h5 --out data/features/stats.json
 """
 
-from pipeline.cli import load_from_args, params_parser, run
-from pipeline.features import normalisation_stats
-from pipeline.io import atomic_write_json
-from pipeline.tracking import stage_run
+from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.io import atomic_write_json
+from pipeline.core.tracking import stage_run
+from pipeline.features.features import normalisation_stats
 
 
 def main(argv=None):

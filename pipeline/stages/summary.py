@@ -8,8 +8,8 @@ import json
 import math
 from pathlib import Path
 
-from pipeline.cli import load_from_args, params_parser, run
-from pipeline.metrics import NO_POSITIVES, PERFECT, is_finite, value_text
+from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.evaluation.score import NO_POSITIVES, PERFECT, is_finite, value_text
 
 STAGES = ("prepare", "features")
 

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classes import read_classes
-from pipeline.cli import load_from_args, params_parser, run
-from pipeline.errors import PipelineError
-from pipeline.io import atomic_write_text
-from pipeline.loader import Normaliser
-from pipeline.predictions import write_predictions
-from pipeline.sampling import weights_by_clip
-from pipeline.tracking import stage_run
-from pipeline.train import Inputs, distributed_from_env, predict_file, train
+from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.errors import PipelineError
+from pipeline.core.io import atomic_write_text
+from pipeline.core.predictions import write_predictions
+from pipeline.core.tracking import stage_run
+from pipeline.data.classes import read_classes
+from pipeline.labels.weights import weights_by_clip
+from pipeline.training.loader import Normaliser
+from pipeline.training.train import Inputs, distributed_from_env, predict_file, train
 
 
 def relaunch_under_torchrun(devices: int, argv: list[str]) -> int:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cli import load_from_args, params_parser, run
-from pipeline.sampling import read_labelled_manifest, sample_weights, write_weights
-from pipeline.tracking import stage_run
+from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.tracking import stage_run
+from pipeline.labels.weights import read_labelled_manifest, sample_weights, write_weights
 
 
 def main(argv=None):

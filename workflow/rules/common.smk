@@ -1,14 +1,14 @@
 # Helpers shared by the rules.
 #
 # The config (params.yaml, then any --configfile and --config on top) is validated with the schema of
-# pipeline/config.py, as every stage CLI validates its params file: a typo stops the workflow before any
+# pipeline/core/params.py, as every stage CLI validates its params file: a typo stops the workflow before any
 # job, with the same one-line error. The resolved params are written once and passed to every command.
 #
 # What reruns a job, as under `dvc repro` (see the header of dvc.yaml):
 # - params: each rule's `params: values=stage_params(...)` holds the values of the params its stage
 #   lists in dvc.yaml, so changing one reruns exactly the rules that read it (Snakemake's params trigger);
 # - code: each rule's `input: code=code_deps(...)` holds its script and every pipeline/ module the
-#   script imports (pipeline/stage_deps.py), so editing a module reruns the rules that import it.
+#   script imports (pipeline/dag/stage_deps.py), so editing a module reruns the rules that import it.
 
 import json
 import sys
@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)  # this checkout's pipeline package, installed or not
 
-from pipeline import stage_deps
-from pipeline.config import ParamsError, read_yaml, to_yaml, validate
-from pipeline.mlflow_pipeline import mark_execution
+from pipeline.dag import stage_deps
+from pipeline.core.params import ParamsError, read_yaml, to_yaml, validate
+from pipeline.core.pipeline_run import mark_execution
 
 mark_execution()  # PSLA_PIPELINE_ID: every job (SLURM's too) nests its MLflow run under this execution's parent
 

@@ -1,0 +1,1 @@
+"""Tools over the whole DAG: the stages' code dependencies and the ablation runner."""

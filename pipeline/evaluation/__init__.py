@@ -1,0 +1,1 @@
+"""Aggregation and evaluation (stages average, evaluate, score): weight averaging, ensembles, mAP and plots."""

@@ -1,0 +1,1 @@
+"""Features (stages features, stats and relabel): log-mel filter banks in HDF5 and their statistics."""
