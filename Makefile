@@ -46,4 +46,4 @@ lock: $(STAMP)
 
 # params.yaml is the schema's defaults written out in full; regenerate after changing pipeline/core/params.py.
 params: $(STAMP)
-	python -m pipeline.core.params --params /dev/null --out params.yaml
+	python -m pipeline.stages.params --params /dev/null --out params.yaml

@@ -36,8 +36,9 @@ from pipeline.core.params import Params
 from pipeline.data.classes import read_classes
 from pipeline.data.manifest import read_manifest
 from pipeline.features.features import compute_fbank, extract_features
-from pipeline.labels.weights import label_matrix, make_sampler, sample_weights
+from pipeline.labels.weights import label_matrix, sample_weights
 from pipeline.training.loader import FeatureDataset, Normaliser, device_batches, train_loader
+from pipeline.training.sampler import make_sampler
 
 
 class OnTheFlyDataset(Dataset):

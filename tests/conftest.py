@@ -90,10 +90,10 @@ def teacher_scores_csv(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def empty_store(tmp_path_factory) -> Path:
     """An MLflow SQLite store with its schema created: creating one costs seconds, copying it nothing."""
-    from pipeline.core.tracking import _Store
+    from pipeline.core.mlflow_store import Store
 
     path = tmp_path_factory.mktemp("store") / "mlflow.db"
-    _Store(f"sqlite:///{path}")
+    Store(f"sqlite:///{path}")
     return path
 
 

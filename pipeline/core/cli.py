@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.params import Params, load_params
 
 
 def params_parser(
@@ -27,9 +28,7 @@ def params_parser(
     return parser
 
 
-def load_from_args(args: argparse.Namespace):
-    from pipeline.core.params import load_params
-
+def load_from_args(args: argparse.Namespace) -> Params:
     return load_params(args.params, args.overrides)
 
 

@@ -13,131 +13,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
+from pydantic import Field, StrictBool, ValidationError, create_model, field_validator, model_validator
 
-from pipeline.core.errors import PipelineError
-
-
-class ParamsError(PipelineError):
-    """A params file or override that does not fit the schema."""
+from pipeline.core.schema import ParamsError, Positive, PositiveInt, Probability, Section, SplitName
+from pipeline.data.registry import DATASETS
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class _Data(Section):
+    """The `data` section: the settings every dataset shares. `Data` adds `dataset` (one of the registered
+    plug-ins) and one sub-section per plug-in, named after it, holding that plug-in's own params."""
 
-
-Positive = Annotated[float, Field(gt=0)]
-PositiveInt = Annotated[int, Field(ge=1)]
-Probability = Annotated[float, Field(ge=0, le=1)]
-SplitName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]
-
-
-class DemoData(Section):
-    """The synthetic mini-AudioSet (pipeline.data.demo)."""
-
-    seed: int = 0
-    n_train: PositiveInt = 600
-    n_val: PositiveInt = 100
-    n_eval: PositiveInt = 200
-    clip_seconds: Annotated[float, Field(ge=0.5, le=60)] = 3.0
-    min_events: PositiveInt = 1
-    max_events: PositiveInt = 3
-    snr_db: tuple[float, float] = (-10.0, 10.0)
-    drop_child: Probability = 0.3
-    drop_parent: Probability = 0.3
-
-    @model_validator(mode="after")
-    def _ranges(self):
-        if self.max_events < self.min_events:
-            raise ValueError("max_events must be >= min_events")
-        if self.snr_db[1] < self.snr_db[0]:
-            raise ValueError("snr_db must be [low, high] with low <= high")
-        return self
-
-
-class FolderData(Section):
-    """The user's own labelled audio: a CSV `audio,labels[,split][,clip_id]` and a class list."""
-
-    csv: str | None = None
-    classes: str | None = None
-    ontology: str | None = None
-    audio_root: str | None = None  # where the CSV's relative audio paths start; default: the CSV's folder
-    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1  # used only when the CSV has no split column
-    eval_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    split_seed: int = 0
-
-
-AUDIOSET_CSV = "https://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv"
-AUDIOSET_ONTOLOGY = "https://raw.githubusercontent.com/audioset/ontology/master/ontology.json"
-NonNegative = Annotated[float, Field(ge=0)]
-Retries = Annotated[int, Field(ge=0, le=100)]
-
-
-class AudioSetUrls(Section):
-    """Where the official AudioSet metadata is downloaded from (when not already in meta_dir)."""
-
-    class_labels_indices: str = f"{AUDIOSET_CSV}/class_labels_indices.csv"
-    ontology: str = AUDIOSET_ONTOLOGY
-    balanced_train: str = f"{AUDIOSET_CSV}/balanced_train_segments.csv"
-    unbalanced_train: str = f"{AUDIOSET_CSV}/unbalanced_train_segments.csv"
-    eval: str = f"{AUDIOSET_CSV}/eval_segments.csv"
-
-
-class AudioSetData(Section):
-    """AudioSet (pipeline.data.audioset): segment lists + audio by yt-dlp, or a local folder of clips."""
-
-    source: Literal["download", "local"] = "download"
-    unbalanced: StrictBool = False  # add unbalanced_train (~2M segments) to train: the full-AudioSet recipe
-    meta_dir: str | None = None  # metadata CSVs + ontology.json; default <data.root>/downloads/audioset
-    urls: AudioSetUrls = AudioSetUrls()
-    # source: local -- clips already on disk, found by a file-name template (fields: ytid, start, end
-    # (floats, e.g. {start:.3f}), start_ms, end_ms, set = balanced_train | unbalanced_train | eval)
-    local_dir: str | None = None
-    local_template: str = "{ytid}_{start:.3f}_{end:.3f}.flac"
-    local_cut: StrictBool = False  # the local files hold whole videos: cut [start, end] out of them
-    # source: download -- yt-dlp per segment
-    yt_dlp: str = "yt-dlp"  # executable name (looked up on PATH) or path
-    yt_dlp_args: list[str] = []  # extra arguments, e.g. [--cookies, cookies.txt]
-    format: str = "bestaudio/best"
-    ffmpeg: str = "ffmpeg"  # when found, yt-dlp fetches only [start, end]; "" = always fetch whole, cut here
-    concurrency: Annotated[int, Field(ge=1, le=64)] = 4  # parallel yt-dlp calls per job
-    rate_limit: NonNegative = 1.0  # yt-dlp calls started per second per job; 0 = unlimited
-    timeout_s: Positive = 300.0  # per yt-dlp call
-    socket_timeout_s: Positive = 30.0
-    retries: Retries = 3  # for transient errors (network, HTTP 429/5xx, timeouts)
-    backoff_s: NonNegative = 5.0  # first retry delay, doubling each retry
-    retry_permanent: StrictBool = False  # also retry unavailable/private/removed/age-restricted
-    tmp_dir: str | None = None  # partial downloads; default the system temp dir ($TMPDIR)
-    http_timeout_s: Positive = 60.0  # metadata downloads
-    http_retries: Retries = 3
-    # the validation split. holdout: a stratified hold-out of train (AudioSet has none; eval stays unseen).
-    # eval: train on the whole training pool and validate on the eval segments every epoch, as the official
-    # recipe does (for monitoring); a model chosen on it is marked in metrics/eval.json (docs/fidelity.md)
-    val: Literal["holdout", "eval"] = "holdout"
-    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
-    val_seed: int = 0
-    val_min_class_clips: Annotated[int, Field(ge=2)] = 2  # classes with this many train clips appear in val
-
-
-class FSD50KData(Section):
-    """FSD50K (pipeline.data.fsd50k): the official Zenodo release, downloaded or already on disk."""
-
-    source: Literal["download", "local"] = "download"
-    release_dir: str | None = None  # archives and/or extracted release; default <data.root>/downloads/fsd50k
-    base_url: str = "https://zenodo.org/records/4060432/files"
-    record_url: str = "https://zenodo.org/api/records/4060432"  # file sizes and MD5 checksums
-    ontology_url: str = AUDIOSET_ONTOLOGY
-    verify: StrictBool = True  # check sizes and checksums of downloaded archives against the record
-    dev_parts: Annotated[int, Field(ge=0, le=99)] = 5  # FSD50K.dev_audio.z01..z05 + .zip
-    eval_parts: Annotated[int, Field(ge=0, le=99)] = 1  # FSD50K.eval_audio.z01 + .zip
-    keep_archives: StrictBool = True  # False: delete the parts once reassembled
-    timeout_s: Positive = 60.0
-    retries: Retries = 3
-    backoff_s: NonNegative = 5.0
-
-
-class Data(Section):
-    dataset: Literal["demo", "audioset", "fsd50k", "folder"] = "demo"
+    dataset: str = "demo"  # Data narrows it to the registered names
     root: str = "data"
     splits: list[SplitName] = ["train", "val", "eval"]
     sample_rate: Literal[16000] = 16000
@@ -145,10 +31,6 @@ class Data(Section):
     # The shard numbers: [0, 1, 2, 3] = prepare and features as four jobs per split (a list, because
     # DVC's matrix iterates over lists); `--set data.shards=4` is accepted for [0, 1, 2, 3].
     shards: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = [0]
-    demo: DemoData = DemoData()
-    folder: FolderData = FolderData()
-    audioset: AudioSetData = AudioSetData()
-    fsd50k: FSD50KData = FSD50KData()
 
     @field_validator("shards", mode="before")
     @classmethod
@@ -164,22 +46,37 @@ class Data(Section):
         return self
 
     @property
+    def plugin(self):
+        """The selected dataset's plug-in module (pipeline.data.registry)."""
+        return DATASETS[self.dataset]
+
+    @property
     def validates_on_eval(self) -> bool:
-        """The official AudioSet recipe's validation (`audioset.val: eval`): the val split lists the eval
-        clips, so a checkpoint chosen on validation was chosen on eval and its eval score is not clean."""
-        return self.dataset == "audioset" and self.audioset.val == "eval"
+        """Whether the val split lists the eval clips (AudioSet's official recipe, `audioset.val: eval`), so a
+        checkpoint chosen on validation was chosen on eval and its eval score is not clean."""
+        check = getattr(self.plugin, "validates_on_eval", None)
+        return bool(check and check(getattr(self, self.dataset)))
 
     @model_validator(mode="after")
-    def _folder_needs_files(self):
-        if self.dataset == "folder" and not (self.folder.csv and self.folder.classes):
-            raise ValueError("data.dataset=folder needs data.folder.csv and data.folder.classes")
-        if self.dataset in ("audioset", "fsd50k") and not set(self.splits) <= {"train", "val", "eval"}:
-            raise ValueError(f"data.dataset={self.dataset} has the splits train, val, eval")
-        if self.dataset == "audioset" and self.audioset.source == "local" and not self.audioset.local_dir:
-            raise ValueError("data.audioset.source=local needs data.audioset.local_dir")
+    def _dataset_fits(self):
         if len(set(self.splits)) != len(self.splits):
             raise ValueError("splits must be unique")
+        plugin = self.plugin
+        known = getattr(plugin, "SPLITS", None)
+        if known is not None and not set(self.splits) <= set(known):
+            raise ValueError(f"data.dataset={self.dataset} has the splits {', '.join(known)}")
+        check = getattr(plugin, "check", None)
+        if check is not None:
+            check(self)
         return self
+
+
+Data = create_model(
+    "Data",
+    __base__=_Data,
+    dataset=(Literal[tuple(DATASETS)], "demo"),
+    **{name: (plugin.Section, plugin.Section()) for name, plugin in DATASETS.items()},
+)
 
 
 class Features(Section):
@@ -280,7 +177,7 @@ class Train(Section):
         return self
 
 
-class Aggregate(Section):
+class Average(Section):
     wa_start: PositiveInt = 9
     wa_end: PositiveInt = 12
     bn_batches: Annotated[int, Field(ge=0)] = 0
@@ -311,14 +208,14 @@ class Params(Section):
     labels: Labels = Labels()
     model: Model = Model()
     train: Train = Train()
-    aggregate: Aggregate = Aggregate()
+    average: Average = Average()
     evaluate: Evaluate = Evaluate()
     tracking: Tracking = Tracking()
 
     @model_validator(mode="after")
     def _cross_section(self):
-        if self.aggregate.wa_end > self.train.epochs:
-            raise ValueError(f"aggregate.wa_end ({self.aggregate.wa_end}) exceeds train.epochs ({self.train.epochs})")
+        if self.average.wa_end > self.train.epochs:
+            raise ValueError(f"average.wa_end ({self.average.wa_end}) exceeds train.epochs ({self.train.epochs})")
         return self
 
     def digest(self) -> str:
@@ -367,7 +264,15 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: {key}: {message}{got}"
 
 
+RENAMED_SECTIONS = {"aggregate": "average"}
+
+
 def validate(tree: dict, source: str) -> Params:
+    for old, new in RENAMED_SECTIONS.items():
+        if old in tree:
+            raise ParamsError(
+                f"{source}: the params section '{old}' is now '{new}' (rename it; its keys are unchanged)"
+            )
     try:
         return Params.model_validate(tree)
     except ValidationError as err:
@@ -420,27 +325,3 @@ _Dumper.add_representer(
 
 def to_yaml(params: Params) -> str:
     return yaml.dump(params.model_dump(mode="json"), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m pipeline.core.params --params presets/X.yaml` prints the resolved params (e.g. > params.yaml)."""
-    from pipeline.core.cli import params_parser, run
-
-    parser = params_parser("Print the resolved, validated params as YAML.")
-    parser.add_argument("--out", help="write to this file instead of stdout")
-
-    def body(args):
-        from pipeline.core.cli import load_from_args
-        from pipeline.core.io import atomic_write_text
-
-        text = to_yaml(load_from_args(args))
-        if args.out:
-            atomic_write_text(args.out, text)
-        else:
-            print(text, end="")
-
-    run(body, parser, argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import re
 import socket
@@ -34,6 +33,8 @@ import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
+
+from pipeline.core.mlflow_store import Run, flatten, git_commit, sqlite_path
 
 PIPELINE_ENV = "PSLA_PIPELINE_ID"
 COMMAND_ENV = "PSLA_PIPELINE_COMMAND"
@@ -117,8 +118,6 @@ def _git_sha(commit: str) -> str:
 
 def source_tags(stage: str) -> dict[str, str]:
     """The UI's Source column: the stage's script, and the git commit."""
-    from pipeline.core.tracking import git_commit
-
     script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
     if script and script.is_file():
         with contextlib.suppress(ValueError):
@@ -135,9 +134,7 @@ def source_tags(stage: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _parent_lock(store, key: str):
-    from pipeline.core.tracking import _sqlite_path
-
-    db = _sqlite_path(store.uri)
+    db = sqlite_path(store.uri)
     if db:
         path = db.with_name(db.name + ".parent.lock")
     else:
@@ -170,8 +167,6 @@ def pipeline_parent(store, experiment: str, params) -> str | None:
         existing = _parents(store, experiment, key)
         if existing:
             return existing[0].info.run_id
-        from pipeline.core.tracking import Run, flatten, git_commit
-
         commit = git_commit()
         tags = {
             "stage": "pipeline",
@@ -221,8 +216,6 @@ def parent_of(run) -> str | None:
 
 def finish_pipeline(run, metrics: dict[str, float | None], notes: dict[str, str] | None = None) -> str | None:
     """The evaluate stage's end of the execution: headline metrics on the parent run, which ends FINISHED."""
-    from pipeline.core.tracking import Run
-
     parent = parent_of(run)
     if parent is None:
         return None
@@ -255,68 +248,3 @@ def system_metrics(store, run_id: str):
         return monitor
     except Exception:
         return None
-
-
-INPUT_FLAGS = {"--manifest": "manifest", "--train-features": "train", "--val-features": "val", "--features": "features"}
-
-
-def argv_inputs(stage: str) -> list[tuple[Path, str]]:
-    """The manifests and features files a stage reads, from its command line (`--manifest FILE`,
-    `--train-features FILE`, ...), with their context; the prepare stage's `--manifest` is its output."""
-    argv = sys.argv
-    found = []
-    for flag, value in zip(argv, argv[1:], strict=False):
-        context = INPUT_FLAGS.get(flag)
-        if context and not (stage == "prepare" and flag == "--manifest") and Path(value).is_file():
-            found.append((Path(value), context))
-    return found
-
-
-def _file_digest(path: Path) -> str:
-    content = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            content.update(block)
-    return content.hexdigest()
-
-
-def _features_info(path: Path) -> tuple[str | None, int | None]:
-    import h5py
-
-    from pipeline.features.features import CONTENT_DIGEST
-
-    with h5py.File(path, "r") as handle:
-        digest = handle.attrs.get(CONTENT_DIGEST)
-        clips = len(handle["clip_id"]) if "clip_id" in handle else None
-    if digest is not None:
-        digest = str(digest)
-        if len(digest) > 32:  # a merged file: its shards' digests
-            digest = hashlib.blake2b(digest.encode(), digest_size=16).hexdigest()
-    return digest, clips
-
-
-def dataset_input(path, context: str, name=None, clips=None, digest=None):
-    """An MLflow DatasetInput for a features file (.h5) or manifest (.csv)."""
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
-    path = Path(path)
-    if path.suffix in (".h5", ".hdf5"):
-        found_digest, found_clips = _features_info(path)
-        digest, clips = digest or found_digest, clips if clips is not None else found_clips
-    elif clips is None and path.suffix == ".csv":
-        with contextlib.suppress(Exception):
-            from pipeline.data.manifest import read_manifest
-
-            clips = len(read_manifest(path))
-    shown = path
-    with contextlib.suppress(ValueError):
-        shown = path.resolve().relative_to(Path.cwd().resolve())
-    dataset = Dataset(
-        name=name or str(shown),
-        digest=(digest or _file_digest(path))[:36],
-        source_type="local",
-        source=json.dumps({"uri": path.resolve().as_uri()}),
-        schema=None,
-        profile=json.dumps({"num_clips": clips}),
-    )
-    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])

@@ -25,10 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.core.cli import load_from_args, params_parser, run
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_path, atomic_write_text
+from pipeline.core.metric_values import is_finite, value_text
+from pipeline.core.mlflow_store import tracking_uri
 from pipeline.core.params import Params
-from pipeline.evaluation.score import is_finite, value_text
+from pipeline.core.tracking import stage_run
 
 SPLIT = "eval"
 
@@ -355,7 +358,6 @@ def _bar_plot(rows: list[Row], path: Path) -> None:
 
 def log_to_mlflow(params: Params, rows: list[Row], paths: dict[str, Path], names: dict[str, str]) -> None:
     """One parent run `ablation` with a child run per row (MLflow nests runs by mlflow.parentRunId)."""
-    from pipeline.core.tracking import stage_run
 
     with stage_run(params, "ablation", name="ablation") as parent:
         # a row without an mAP is not logged; the run is tagged with why (Run.log_metrics)
@@ -388,8 +390,6 @@ def _worker_env(params: Params, project: Path) -> dict[str, str]:
     """The queue's environment: experiments run in temporary copies of the project, so a relative
     SQLite store would vanish with them; point them at the project's own store."""
     import os
-
-    from pipeline.core.tracking import tracking_uri
 
     env = dict(os.environ)
     uri = tracking_uri(params)
@@ -441,8 +441,6 @@ def ablate(
 
 def main(argv: list[str] | None = None) -> None:
     import sys
-
-    from pipeline.core.cli import load_from_args, params_parser, run
 
     parser = params_parser(
         "Run the PSLA ablation as DVC experiments and write reports/ablation.{csv,md,png}. "

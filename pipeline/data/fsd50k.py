@@ -16,7 +16,7 @@ and the central directory is rewritten with absolute offsets (what `zip -s 0` do
 zipfile reads it, zip64 included. Clips are then read straight out of that zip, so the WAVs are
 never unpacked to disk. An extracted release (`FSD50K.dev_audio/*.wav` ...) is used as it is.
 
-    python -m pipeline.data.fsd50k [--params params.yaml]    download + reassemble everything now
+    python -m pipeline.data [--params params.yaml]    download + reassemble everything now (`fetch`)
 """
 
 from __future__ import annotations
@@ -28,17 +28,49 @@ import struct
 import threading
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 import soundfile as sf
+from pydantic import Field, StrictBool
 
+from pipeline.core import schema
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_path
-from pipeline.core.params import Params
+from pipeline.core.schema import AUDIOSET_ONTOLOGY, NonNegative, Positive, Retries
 from pipeline.data.audio import AudioProblem, read_audio
 from pipeline.data.classes import ClassList, read_ontology
-from pipeline.data.datasets import Item, Listing, Rejected
-from pipeline.data.download import fetch, fetch_json, file_lock
+from pipeline.data.download import fetch as fetch_file
+from pipeline.data.download import fetch_json, file_lock
+from pipeline.data.listing import Item, Listing, Rejected
+
+if TYPE_CHECKING:
+    from pipeline.core.params import Params
+
+NAME = "fsd50k"
+SPLITS = ("train", "val", "eval")
+# As the official code: classes restricted in the ontology enhance nothing (pipeline.labels.enhance).
+RESTRICTED_CLASSES_ENHANCE = False
+
+
+class FSD50KData(schema.Section):
+    """The params section data.fsd50k: the official Zenodo release, downloaded or already on disk."""
+
+    source: Literal["download", "local"] = "download"
+    release_dir: str | None = None  # archives and/or extracted release; default <data.root>/downloads/fsd50k
+    base_url: str = "https://zenodo.org/records/4060432/files"
+    record_url: str = "https://zenodo.org/api/records/4060432"  # file sizes and MD5 checksums
+    ontology_url: str = AUDIOSET_ONTOLOGY
+    verify: StrictBool = True  # check sizes and checksums of downloaded archives against the record
+    dev_parts: Annotated[int, Field(ge=0, le=99)] = 5  # FSD50K.dev_audio.z01..z05 + .zip
+    eval_parts: Annotated[int, Field(ge=0, le=99)] = 1  # FSD50K.eval_audio.z01 + .zip
+    keep_archives: StrictBool = True  # False: delete the parts once reassembled
+    timeout_s: Positive = 60.0
+    retries: Retries = 3
+    backoff_s: NonNegative = 5.0
+
+
+Section = FSD50KData
 
 GROUND_TRUTH = "FSD50K.ground_truth"
 GROUND_TRUTH_FILES = ("dev.csv", "eval.csv", "vocabulary.csv")
@@ -112,7 +144,7 @@ class Release:
         if self.cfg.verify:
             size, md5 = self.record().get(name, (None, None))
         cfg = self.cfg
-        return fetch(
+        return fetch_file(
             f"{cfg.base_url.rstrip('/')}/{name}?download=1",
             dest,
             size=size,
@@ -410,7 +442,7 @@ def class_metadata(params: Params) -> tuple[ClassList, list[dict]]:
                 f"{dest}: not found; put AudioSet's ontology.json ({cfg.ontology_url}) there "
                 f"(label enhancement needs it)"
             )
-        fetch(
+        fetch_file(
             cfg.ontology_url,
             dest,
             timeout=cfg.timeout_s,
@@ -470,22 +502,12 @@ def list_split(params: Params, split: str, classes: ClassList) -> Listing:
     return Listing(split, entries)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from pipeline.core.cli import load_from_args, params_parser, run
-
-    parser = params_parser("Download (or check) the FSD50K release and reassemble its split zips, ahead of prepare.")
-
-    def body(args):
-        params = load_from_args(args)
-        folder = ground_truth(params)
-        read_vocabulary(folder / "vocabulary.csv")
-        for kind in ("dev", "eval"):
-            source = audio_source(params, kind)
-            where = getattr(source, "archive", None) or source.folder
-            print(f"FSD50K {kind} audio: {where}")
-
-    run(body, parser, argv)
-
-
-if __name__ == "__main__":
-    main()
+def fetch(params: Params) -> list[str]:
+    """Download (or check) the release and reassemble its split zips now, ahead of prepare."""
+    folder = ground_truth(params)
+    read_vocabulary(folder / "vocabulary.csv")
+    lines = []
+    for kind in ("dev", "eval"):
+        source = audio_source(params, kind)
+        lines.append(f"FSD50K {kind} audio: {getattr(source, 'archive', None) or source.folder}")
+    return lines

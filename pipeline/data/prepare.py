@@ -18,7 +18,7 @@ from pipeline.core.io import remove_stale_temporaries
 from pipeline.core.report import StageReport
 from pipeline.core.shards import shard_path, shard_slice
 from pipeline.data.audio import AudioProblem, check_wave, is_valid_clip, to_mono_16k, write_flac
-from pipeline.data.datasets import Item, Listing, Rejected
+from pipeline.data.listing import Item, Listing, Rejected
 from pipeline.data.manifest import Entry, read_manifest, write_manifest
 
 

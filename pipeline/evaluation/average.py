@@ -7,7 +7,7 @@
   `num_batches_tracked`) are taken from the last checkpoint. Each checkpoint counts once; checkpoints
   of another architecture or class list are refused with a one-line error naming the file.
 - `reestimate_batchnorm(...)`: optionally, the averaged model's BatchNorm running statistics are
-  recomputed from `aggregate.bn_batches` training batches (forward passes in train mode, augmented
+  recomputed from `average.bn_batches` training batches (forward passes in train mode, augmented
   as in training, cumulative average: momentum None). Nothing else changes.
 
 The result is a checkpoint in the train stage's format (so `predict`, `evaluate` and tagging load it
@@ -24,7 +24,9 @@ import torch
 from torch import nn
 
 from pipeline.core.errors import PipelineError
-from pipeline.training.train import CHECKPOINT_FORMAT, load_checkpoint
+from pipeline.training.loader import FeatureDataset, Normaliser, aligned_weights, device_batches, train_loader
+from pipeline.training.sampler import epoch_seed
+from pipeline.training.train import CHECKPOINT_FORMAT, load_checkpoint, model_from_checkpoint
 
 EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
 RESUME_ONLY = ("optimizer", "scaler", "sampler")  # training state with no meaning for an average
@@ -51,13 +53,13 @@ def _span(epochs: Iterable[int]) -> str:
 def select_epochs(run_dir: str | Path, wa_start: int, wa_end: int) -> list[Path]:
     """`epoch_NNN.pt` of every epoch wa_start..wa_end of a run; a one-line error naming a missing one."""
     if wa_start < 1 or wa_end < wa_start:
-        raise PipelineError(f"aggregate.wa_start={wa_start}, aggregate.wa_end={wa_end}: need 1 <= wa_start <= wa_end")
+        raise PipelineError(f"average.wa_start={wa_start}, average.wa_end={wa_end}: need 1 <= wa_start <= wa_end")
     present = epoch_files(run_dir)
     for epoch in range(wa_start, wa_end + 1):
         if epoch not in present:
             raise PipelineError(
                 f"{Path(run_dir) / f'epoch_{epoch:03d}.pt'}: missing (the run has epochs "
-                f"{_span(present)}); set aggregate.wa_start/wa_end within the epochs trained "
+                f"{_span(present)}); set average.wa_start/wa_end within the epochs trained "
                 f"(train.epochs)"
             )
     return [present[e] for e in range(wa_start, wa_end + 1)]
@@ -213,11 +215,8 @@ def reestimate_payload_batchnorm(
 ) -> dict:
     """`payload` with its model's BatchNorm statistics re-estimated on training batches (augmented as in
     training, drawn by the run's sampler from a generator seeded by the run's seed)."""
-    from pipeline.labels.weights import epoch_seed
-    from pipeline.training.loader import FeatureDataset, Normaliser, aligned_weights, device_batches, train_loader
-    from pipeline.training.train import model_from_checkpoint
 
-    n_batches = params.aggregate.bn_batches if n_batches is None else n_batches
+    n_batches = params.average.bn_batches if n_batches is None else n_batches
     if n_batches <= 0:
         return payload
     dataset = FeatureDataset(train_features)

@@ -37,11 +37,15 @@ import torch
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_write_json, atomic_write_text
+from pipeline.core.metric_values import NO_POSITIVES, json_ready, value_text
 from pipeline.core.predictions import write_predictions
 from pipeline.data.classes import ClassList
+from pipeline.evaluation import plots
 from pipeline.evaluation.average import epoch_files
-from pipeline.evaluation.score import NO_POSITIVES, evaluate, json_ready, value_text
+from pipeline.evaluation.score import evaluate
+from pipeline.training.loader import Normaliser
 from pipeline.training.model import count_parameters
+from pipeline.training.train import load_checkpoint, model_from_checkpoint, predict
 
 SEED_ENSEMBLE = "seed-ensemble"
 EXTRA_ENSEMBLE = "extra-ensemble"
@@ -183,8 +187,6 @@ class Predictor:
 
     def __call__(self, path: str | Path, payload: dict | None = None) -> tuple[dict[str, np.ndarray], int]:
         """`({split: scores [N, C] float32}, parameter count)` of one checkpoint."""
-        from pipeline.training.loader import Normaliser
-        from pipeline.training.train import load_checkpoint, model_from_checkpoint, predict
 
         path = Path(path)
         payload = payload if payload is not None else load_checkpoint(path)
@@ -268,8 +270,6 @@ def _metrics(split: Split, scores: np.ndarray, classes: ClassList) -> dict:
 
 
 def _header_epoch(path: Path) -> tuple:
-    from pipeline.training.train import load_checkpoint
-
     payload = load_checkpoint(path)
     return payload.get("epoch"), payload.get("fingerprint")
 
@@ -292,7 +292,6 @@ def evaluate_runs(
     extra_members: Sequence[str | Path] = (),
 ) -> Evaluation:
     """Predict and score every model and ensemble of the module docstring on every split."""
-    from pipeline.training.train import load_checkpoint
 
     if not run_dirs:
         raise PipelineError("no run to evaluate (pass --runs)")
@@ -523,7 +522,6 @@ def write_outputs(
 ) -> Outputs:
     """eval.json, per_class_ap_<split>.csv and summary.txt in `out_dir`; predictions
     `<predictions_dir>/<split>/<model>.npz`; plots (PNG + CSV) in `<plots_dir>/<split>/`."""
-    from pipeline.evaluation import plots
 
     out_dir = Path(out_dir)
     plots_dir = Path(plots_dir) if plots_dir else out_dir / "plots"

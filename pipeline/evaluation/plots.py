@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.io import atomic_path, atomic_write_text
-from pipeline.evaluation.score import is_finite, value_text
+from pipeline.core.metric_values import is_finite, value_text
 
 RECALL_GRID = np.linspace(0.0, 1.0, 101)
 MAX_BARS = 60

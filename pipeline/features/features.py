@@ -30,8 +30,8 @@ from pipeline.core.shards import shard_slice
 from pipeline.data.audio import SAMPLE_RATE, AudioProblem, check_wave
 from pipeline.data.classes import ClassList
 from pipeline.data.manifest import Entry
+from pipeline.features.layout import CONTENT_DIGEST, DATASETS
 
-DATASETS = ("fbank", "n_frames", "clip_id", "labels")
 # The paper's fbank: fixed options (docs/recipe.md, "Features"); frame geometry and mel bins come from params.
 KALDI_OPTIONS = {"htk_compat": True, "use_energy": False, "window_type": "hanning", "dither": 0.0}
 
@@ -83,10 +83,6 @@ def _create(handle: h5py.File, n: int, cfg: Features, classes: ClassList) -> Non
     handle.attrs["target_length"] = t
     handle.attrs["num_mel_bins"] = f
     handle.attrs["class_ids"] = json.dumps(list(classes.mids))
-
-
-# blake2b of every written clip's id, float16 fbank and labels, in row order.
-CONTENT_DIGEST = "content_digest"
 
 
 def extract_features(

@@ -25,7 +25,9 @@ from pipeline.core.io import atomic_path, atomic_write_json, atomic_write_text
 from pipeline.core.predictions import load_scores_for
 from pipeline.core.tracking import stage_run
 from pipeline.data.classes import read_ontology
+from pipeline.data.registry import DATASETS
 from pipeline.labels.enhance import build_relations, enhance_labels, labels_of, restricted_classes
+from pipeline.labels.plan import label_plan
 from pipeline.labels.weights import read_labelled_manifest
 
 
@@ -66,7 +68,7 @@ def main(argv=None):
         report_path = Path(args.report) if args.report else out.with_name(out.stem + "_report.json")
         entries, classes, labels = read_labelled_manifest(source, args.classes, "enhance")
         skipped_sources: list[str] = []
-        if stat == "none":
+        if not label_plan(params).enhance:
             result = enhance_labels(labels, None, None, "none")
             with atomic_path(out) as tmp:
                 shutil.copyfile(source, tmp)
@@ -83,9 +85,9 @@ def main(argv=None):
                 )
             # FSD50K, as the official code: classes restricted in the ontology enhance nothing
             ontology = read_ontology(args.ontology)
-            fsd50k = params.data.dataset == "fsd50k"
-            relations = build_relations(ontology, classes, source=args.ontology, restricted_sources=not fsd50k)
-            skipped_sources = restricted_classes(ontology, classes.mids) if fsd50k else []
+            restricted_enhance = getattr(DATASETS[params.data.dataset], "RESTRICTED_CLASSES_ENHANCE", True)
+            relations = build_relations(ontology, classes, source=args.ontology, restricted_sources=restricted_enhance)
+            skipped_sources = [] if restricted_enhance else restricted_classes(ontology, classes.mids)
             scores = load_scores_for(args.scores, entries, classes)
             result = enhance_labels(labels, scores, relations, stat, types)
             rewrite_labels(source, out, labels_of(result.labels, classes.mids))

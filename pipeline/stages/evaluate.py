@@ -21,7 +21,19 @@ from pathlib import Path
 
 from pipeline.core.cli import load_from_args, params_parser, run
 from pipeline.core.errors import PipelineError
+from pipeline.core.pipeline_run import finish_pipeline, headline_metrics
+from pipeline.core.tracking import stage_run
 from pipeline.data.classes import read_classes
+from pipeline.evaluation.evaluate import (
+    Predictor,
+    evaluate_runs,
+    load_split,
+    log_evaluation,
+    summary_table,
+    write_outputs,
+)
+from pipeline.tagging.mlflow_model import log_evaluated_models
+from pipeline.training.train import Distributed, resolve_device
 
 
 def main(argv=None):
@@ -47,17 +59,6 @@ def main(argv=None):
 
     def body(args):
         import torch
-
-        from pipeline.core.tracking import finish_pipeline, headline_metrics, log_evaluated_models, stage_run
-        from pipeline.evaluation.evaluate import (
-            Predictor,
-            evaluate_runs,
-            load_split,
-            log_evaluation,
-            summary_table,
-            write_outputs,
-        )
-        from pipeline.training.train import Distributed, resolve_device
 
         params = load_from_args(args)
         classes = read_classes(args.classes)

@@ -6,21 +6,18 @@
                       one prepare shard's clips (the DAGs' way: features shard i = prepare shard i)
     ... --shard 0/4   or a block of the whole manifest: writes train.shards/0.h5 (and its report)
     ... --merge       stitches the len(data.shards) shard files into train.h5 through HDF5 virtual datasets
-    ... --relabel data/features/train.h5 --manifest data/manifests/train_enhanced.csv --out .../train_enhanced.h5
-                      the same fbanks with the manifest's (enhanced) labels
 """
 
 from pathlib import Path
 
 from pipeline.core.cli import load_from_args, params_parser, run
 from pipeline.core.errors import PipelineError
-from pipeline.core.io import atomic_write_json
 from pipeline.core.report import StageReport
 from pipeline.core.shards import add_shard_arguments, resolve_merge, resolve_shard, shard_path, unsharded_stem
 from pipeline.core.tracking import stage_run
 from pipeline.data.classes import read_classes
 from pipeline.data.manifest import read_manifest
-from pipeline.features.features import extract_features, merge_shards, relabel
+from pipeline.features.features import extract_features, merge_shards
 
 
 def main(argv=None):
@@ -30,29 +27,12 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output HDF5 file, e.g. data/features/train.h5")
     parser.add_argument("--report", required=True, help="output JSON report (requested/written/skipped)")
     add_shard_arguments(parser)
-    parser.add_argument(
-        "--relabel",
-        metavar="FEATURES",
-        help="instead of computing fbanks: write --out as FEATURES "
-        "with the labels of --manifest (e.g. enhanced ones); the fbanks are referenced, not copied",
-    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def body(args):
         params = load_from_args(args)
         split = unsharded_stem(args.manifest)
         out, report_path = Path(args.out), Path(args.report)
-        if args.relabel:
-            clips = read_manifest(args.manifest)
-            changed = relabel(args.relabel, clips, read_classes(args.classes), out)
-            atomic_write_json(
-                report_path,
-                {"source": args.relabel, "manifest": args.manifest, "clips": len(clips), "changed_labels": changed},
-            )
-            with stage_run(params, "features", {"split": split, "relabel": args.relabel}) as run_:
-                run_.log_metrics({"clips": len(clips), "changed_labels": changed})
-            print(f"relabelled {args.relabel} with {args.manifest}: {changed} labels changed -> {out}")
-            return
         shard, merge = resolve_shard(args.shard, params.data.shards), resolve_merge(args.merge, params.data.shards)
         if merge:
             clips = merge_shards([shard_path(out, i) for i in range(merge)], out)

@@ -6,7 +6,7 @@ python -m pipeline.stages.metadata --classes data/classes.csv --ontology data/on
 from pipeline.core.cli import load_from_args, params_parser, run
 from pipeline.core.tracking import stage_run
 from pipeline.data.classes import write_classes, write_ontology
-from pipeline.data.datasets import class_metadata
+from pipeline.data.registry import class_metadata
 
 
 def main(argv=None):

@@ -12,8 +12,8 @@ from pipeline.core.cli import load_from_args, params_parser, run
 from pipeline.core.shards import add_shard_arguments, resolve_merge, resolve_shard, shard_path
 from pipeline.core.tracking import stage_run
 from pipeline.data.classes import read_classes
-from pipeline.data.datasets import list_split
 from pipeline.data.prepare import merge_shards, prepare_split, write_outputs
+from pipeline.data.registry import list_split
 
 
 def main(argv=None):

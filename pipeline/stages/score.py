@@ -21,8 +21,10 @@ from pathlib import Path
 from pipeline.core.cli import load_from_args, params_parser, run
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_write_json, atomic_write_text
+from pipeline.core.metric_values import json_ready, value_text
 from pipeline.core.predictions import load_scores_for
-from pipeline.evaluation.score import evaluate, json_ready, value_text
+from pipeline.core.tracking import stage_run
+from pipeline.evaluation.score import evaluate
 from pipeline.labels.weights import read_labelled_manifest
 
 PER_CLASS_COLUMNS = ("index", "mid", "display_name", "AP", "AUC", "positives")
@@ -92,7 +94,6 @@ def main(argv=None):
         atomic_write_json(args.out, json_ready(payload))  # null, never a bare NaN / Infinity
         if args.per_class_csv:
             atomic_write_text(args.per_class_csv, per_class_csv(result, classes))
-        from pipeline.core.tracking import stage_run
 
         with stage_run(
             params, "score", {"manifest": Path(args.manifest).stem, "scores": Path(args.scores).name}

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from pipeline.core.cli import load_from_args, params_parser, run
-from pipeline.evaluation.score import NO_POSITIVES, PERFECT, is_finite, value_text
+from pipeline.core.metric_values import NO_POSITIVES, PERFECT, is_finite, value_text
 
 STAGES = ("prepare", "features")
 

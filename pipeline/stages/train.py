@@ -1,4 +1,5 @@
-"""Train one model (a seed, or the teacher on the original labels); resumes from its last epoch.
+"""Train one model of the seed ensemble (stage train; the teacher stage runs this too); resumes from its
+last epoch.
 
     python -m pipeline.stages.train --train-features data/features/train.h5 --val-features data/features/val.h5 \
         --weights data/weights/train.csv --stats data/features/stats.json --classes data/classes.csv \
@@ -20,27 +21,32 @@ from pipeline.core.io import atomic_write_text
 from pipeline.core.predictions import write_predictions
 from pipeline.core.tracking import stage_run
 from pipeline.data.classes import read_classes
+from pipeline.labels.plan import label_plan
 from pipeline.labels.weights import weights_by_clip
 from pipeline.training.loader import Normaliser
 from pipeline.training.train import Inputs, distributed_from_env, predict_file, train
 
 
-def relaunch_under_torchrun(devices: int, argv: list[str]) -> int:
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={devices}",
-        "-m",
-        "pipeline.stages.train",
-        *argv,
-    ]
-    return subprocess.call(command)
+def relaunch_under_torchrun(devices: int, module: str, argv: list[str]) -> int:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}"]
+    return subprocess.call([*command, "-m", module, *argv])
 
 
-def main(argv=None):
-    parser = params_parser(__doc__.splitlines()[0])
+def skip_teacher(args, reason: str) -> None:
+    """The teacher's outputs when there is no teacher (pipeline.labels.plan): DVC's DAG keeps its place."""
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "SKIPPED").write_text(reason + "\n")
+    if args.predict_out:
+        classes = read_classes(args.classes)
+        write_predictions(args.predict_out, np.zeros((0, len(classes)), np.float32), [], list(classes.mids))
+    if args.history:
+        atomic_write_text(args.history, "epoch,val_mAP\n")
+    print(reason)
+
+
+def main(argv=None, role: str = "seed"):
+    """`role` is `seed` (this stage) or `teacher` (pipeline.stages.teacher)."""
+    parser = params_parser(__doc__.splitlines()[0] if role == "seed" else f"Train the {role}.")
     parser.add_argument("--train-features", required=True, help="training split features (HDF5)")
     parser.add_argument("--val-features", required=True, help="validation split features (HDF5)")
     parser.add_argument("--weights", help="sampling weights CSV (clip_id,weight); needed when sampling.balanced")
@@ -48,7 +54,6 @@ def main(argv=None):
     parser.add_argument("--classes", required=True, help="class list")
     parser.add_argument("--out", required=True, help="run folder: epoch_NNN.pt, best.pt, last.pt, history.csv")
     parser.add_argument("--seed", type=int, required=True, help="the run's seed (one of train.seeds)")
-    parser.add_argument("--role", default="seed", choices=("seed", "teacher"), help="tag for tracking")
     parser.add_argument("--history", help="also copy history.csv here when done (a DVC plots file)")
     parser.add_argument(
         "--predict-features",
@@ -62,19 +67,13 @@ def main(argv=None):
         params = load_from_args(args)
         if bool(args.predict_features) != bool(args.predict_out):
             raise PipelineError("--predict-features and --predict-out go together")
-        if args.role == "teacher" and params.labels.enhance == "none":
-            # The DAG keeps the teacher's place; with no enhancement there is nothing to train.
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-            (Path(args.out) / "SKIPPED").write_text("labels.enhance is none: no teacher is trained\n")
-            if args.predict_out:
-                classes = read_classes(args.classes)
-                write_predictions(args.predict_out, np.zeros((0, len(classes)), np.float32), [], list(classes.mids))
-            if args.history:
-                atomic_write_text(args.history, "epoch,val_mAP\n")
-            print("labels.enhance is none: no teacher trained")
+        plan = label_plan(params)
+        if role == "teacher" and not plan.teacher:
+            skip_teacher(args, plan.reason)
             return
         if params.train.devices > 1 and "RANK" not in os.environ:
-            code = relaunch_under_torchrun(params.train.devices, sys.argv[1:] if argv is None else argv)
+            module = "pipeline.stages.train" if role == "seed" else f"pipeline.stages.{role}"
+            code = relaunch_under_torchrun(params.train.devices, module, sys.argv[1:] if argv is None else argv)
             if code:
                 raise PipelineError(
                     f"torchrun with {params.train.devices} processes failed (exit {code}); see the messages above"
@@ -98,7 +97,7 @@ def main(argv=None):
         )
         try:
             if dist_info.main:
-                with stage_run(params, "train", {"role": args.role, "seed": args.seed}) as run_:
+                with stage_run(params, "train", {"role": role, "seed": args.seed}) as run_:
                     best = train(
                         params, inputs, args.out, args.seed, run_, not args.no_progress, dist_info, rank_report
                     )
@@ -109,10 +108,7 @@ def main(argv=None):
                     # which must not reach the enhanced training labels: the teacher scores with last.pt then
                     teacher = Path(args.out) / ("last.pt" if params.data.validates_on_eval else "best.pt")
                     predict_file(params, teacher, args.predict_features, args.predict_out)
-                print(
-                    f"{args.role} {args.seed}: best val mAP {best['val_mAP']:.4f} at epoch {best['epoch']} "
-                    f"-> {args.out}"
-                )
+                print(f"{role} {args.seed}: best val mAP {best['val_mAP']:.4f} at epoch {best['epoch']} -> {args.out}")
             else:
                 train(params, inputs, args.out, args.seed, None, False, dist_info, rank_report)
         finally:

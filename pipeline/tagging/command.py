@@ -17,6 +17,7 @@ import sys
 
 from pipeline.core.cli import run
 from pipeline.data.audio import AudioProblem
+from pipeline.tagging.tag import check_windows, csv_header, csv_rows, format_csv, format_table, load_tagger, tag_file
 
 TAG_HELP = """Tag audio files with a trained model (a checkpoint of the train or average stage: best.pt,
 last.pt, epoch_NNN.pt, models/wa/seed-<k>.pt; it carries everything tagging needs). Any format, sample
@@ -109,16 +110,6 @@ def add_tag(commands) -> None:
 
 
 def tag(args: argparse.Namespace) -> None:
-    from pipeline.tagging.tag import (
-        check_windows,
-        csv_header,
-        csv_rows,
-        format_csv,
-        format_table,
-        load_tagger,
-        tag_file,
-    )
-
     check_windows(args.window, args.hop)
     tagger = load_tagger(args.model, args.device)
     results, errors = [], []

@@ -27,6 +27,13 @@ from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
+
+from pipeline.core.errors import PipelineError
+from pipeline.core.pipeline_run import headline_metrics
+from pipeline.core.tracking import stage_run
+from pipeline.tagging.tag import load_tagger, tag_file, tag_wave
+from pipeline.training.train import load_checkpoint
 
 REGISTERED_PREFIX = "psla-"
 BEST_ALIAS = "best"
@@ -41,16 +48,11 @@ class AudioTagger(mlflow.pyfunc.PythonModel):
         self.window, self.hop, self.batch_size = window, hop, batch_size
 
     def load_context(self, context):
-        from pipeline.tagging.tag import load_tagger
-
         keys = sorted((k for k in context.artifacts if k.startswith("checkpoint_")), key=lambda k: int(k[11:]))
         device = os.environ.get("PSLA_DEVICE", "auto")
         self.taggers = [load_tagger(context.artifacts[k], device) for k in keys]
 
     def _scores(self, tagger, row: dict) -> np.ndarray:
-        from pipeline.core.errors import PipelineError
-        from pipeline.tagging.tag import tag_file, tag_wave
-
         options = {"window": self.window, "hop": self.hop, "batch_size": self.batch_size}
         path, wave = row.get("path"), row.get("waveform")
         if isinstance(path, str) and path:
@@ -62,9 +64,9 @@ class AudioTagger(mlflow.pyfunc.PythonModel):
             return tag_wave(tagger, np.asarray(wave, dtype=np.float32), int(rate), **options).max
         raise PipelineError("each row needs a path or a waveform with its sample_rate")
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    # The DataFrame hint keeps MLflow from warning that predict has none; it infers no schema from it
+    # (the signature is given when the model is logged).
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         names = list(self.taggers[0].class_names)
         rows = [
@@ -90,8 +92,6 @@ def signature(class_names: list[str]):
 
 
 def input_example(sample_rate: int = 16000, seconds: float = 0.5):
-    import pandas as pd
-
     t = np.arange(int(sample_rate * seconds)) / sample_rate
     wave = (0.3 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
     return pd.DataFrame({"waveform": [[round(float(x), 5) for x in wave]], "sample_rate": [float(sample_rate)]})
@@ -136,8 +136,6 @@ def log_model(run_id: str, uri: str, name: str, checkpoints: list[str | Path], r
     a new version of `registered`, tagged with `tags` (e.g. eval_mAP). Returns the model version or None."""
     import mlflow
     from mlflow.tracking import MlflowClient
-
-    from pipeline.training.train import load_checkpoint
 
     names = list(load_checkpoint(checkpoints[0])["class_names"])
     with _pointed_at(uri), mlflow.start_run(run_id=run_id, log_system_metrics=False):
@@ -187,7 +185,6 @@ def log_evaluated_models(run, params, result, wa: list[str]) -> dict[str, str]:
     and registered as `psla-<dataset>`; `best` moves to the best eval mAP. Model name -> version."""
     if run.run_id is None:
         return {}
-    from pipeline.core.pipeline_run import headline_metrics
 
     scores, _ = headline_metrics(result)
     split = next(iter(scores), "eval_mAP/").split("_mAP/")[0]
@@ -219,7 +216,6 @@ def register_checkpoint(checkpoint: str | Path, params, name: str | None = None)
     """Log and register any tagging checkpoint (e.g. one imported from the released PSLA models by
     `python -m pipeline.stages.import_psla`) as a version of `psla-<dataset>` (or `name`), in a run of
     its own; returns the version. With no eval_mAP tag it does not compete for `best`."""
-    from pipeline.core.tracking import stage_run
 
     registered = name or f"{REGISTERED_PREFIX}{params.data.dataset}"
     title = f"register {Path(checkpoint).stem}"

@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
 from pipeline.core.perf import tune_host_allocator
-from pipeline.labels.weights import make_sampler
 from pipeline.training.augment import augment_batch, prepare_eval_batch
+from pipeline.training.sampler import make_sampler
 
 NO_PARTNER = -1
 

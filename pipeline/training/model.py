@@ -54,7 +54,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.core.cli import load_from_args, params_parser, run
 from pipeline.core.errors import PipelineError
+from pipeline.core.params import Model, ParamsError
 
 EPSILON = 1e-7
 
@@ -167,7 +169,6 @@ class PSLAModel(nn.Module):
 
 def _model_section(cfg: Any):
     """The `model` params section from a config.Model, a whole Params, or a plain mapping."""
-    from pipeline.core.params import Model, ParamsError
 
     if isinstance(cfg, Model):
         return cfg
@@ -505,8 +506,6 @@ def summary_line(name: str, heads: int, num_classes: int, params: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pipeline.core.cli import load_from_args, params_parser, run
-
     parser = params_parser("Build the configured model (model.* params) and print its parameter count.")
     parser.add_argument("--classes", type=int, default=527, metavar="N", help="number of classes (default: 527)")
 

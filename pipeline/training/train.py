@@ -35,11 +35,12 @@ from tqdm import tqdm
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_path, atomic_write_text
+from pipeline.core.metric_values import summary_notes
 from pipeline.core.params import Model, Params
 from pipeline.core.perf import tune_host_allocator
 from pipeline.core.predictions import write_predictions
 from pipeline.data.classes import ClassList
-from pipeline.evaluation.score import d_prime, evaluate, summary_notes
+from pipeline.evaluation.score import d_prime, evaluate
 from pipeline.features.features import fbank_options
 from pipeline.training.loader import (
     FeatureDataset,

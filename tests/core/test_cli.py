@@ -9,23 +9,22 @@ STAGES = sorted(m.name for m in pkgutil.iter_modules(pipeline.stages.__path__))
 
 
 def test_the_stages_present():
-    assert {"metadata", "prepare", "features", "stats", "weights", "train", "predict", "score", "summary"} <= set(
-        STAGES
-    )
+    dag = {"metadata", "prepare", "features", "stats", "weights", "teacher", "enhance", "relabel", "train", "average"}
+    assert dag | {"evaluate", "predict", "score", "summary", "params", "import_psla"} == set(STAGES)
 
 
-@pytest.mark.parametrize("stage", STAGES + ["config"])
+@pytest.mark.parametrize("stage", STAGES)
 def test_every_stage_documents_params_and_set(tmp_path, stage):
-    module = "pipeline.core.params" if stage == "config" else f"pipeline.stages.{stage}"
+    module = f"pipeline.stages.{stage}"
     proc = run_module(module, "--help", cwd=tmp_path)
     assert "--params FILE" in proc.stdout and "--set SECTION.KEY=VALUE" in proc.stdout
 
 
-@pytest.mark.parametrize("stage", STAGES + ["config"])
+@pytest.mark.parametrize("stage", STAGES)
 def test_every_stage_applies_set_overrides_before_anything_else(tmp_path, stage):
     # A bad override must be caught by the stage's own params loading, before any work.
-    module = "pipeline.core.params" if stage == "config" else f"pipeline.stages.{stage}"
-    required = {
+    module = f"pipeline.stages.{stage}"
+    per_stage = {
         "metadata": ["--classes", "c.csv", "--ontology", "o.json"],
         "prepare": ["--split", "train", "--classes", "c.csv"],
         "features": ["--manifest", "m.csv", "--classes", "c.csv", "--out", "c.csv", "--report", "r.json"],
@@ -46,12 +45,26 @@ def test_every_stage_applies_set_overrides_before_anything_else(tmp_path, stage)
             "--seed",
             "1",
         ],
+        "relabel": [
+            "--features",
+            "f.h5",
+            "--manifest",
+            "m.csv",
+            "--classes",
+            "k.csv",
+            "--out",
+            "c.csv",
+            "--report",
+            "r",
+        ],
         "predict": ["--checkpoint", "b.pt", "--features", "f.h5", "--out", "c.csv"],
         "score": ["--scores", "p.npz", "--manifest", "m.csv", "--classes", "k.csv", "--out", "c.csv"],
         "enhance": ["--manifest", "m.csv", "--classes", "k.csv", "--out", "c.csv"],
         "average": ["--run", "r", "--out", "c.csv"],
         "evaluate": ["--runs", "r", "--features-dir", "f", "--classes", "k.csv", "--out-dir", "c.csv"],
-    }.get(stage, [])
+    }
+    per_stage["teacher"] = per_stage["train"]
+    required = per_stage.get(stage, [])
     (tmp_path / "params.yaml").write_text("{}\n")
     proc = run_module(module, *required, "--set", "train.lr=-1", cwd=tmp_path, check=False)
     assert proc.returncode == 2
@@ -96,7 +109,7 @@ def test_set_changes_what_a_stage_does(tmp_path, tiny_params):
     ).stdout
     assert "requested 3, written 3" in out
     out = run_module(
-        "pipeline.core.params", "--params", str(tiny_params), "--set", "train.seeds=[4, 5]", cwd=tmp_path
+        "pipeline.stages.params", "--params", str(tiny_params), "--set", "train.seeds=[4, 5]", cwd=tmp_path
     ).stdout
     assert "seeds: [4, 5]" in out
 

@@ -19,8 +19,10 @@ import numpy as np
 import yaml
 from mlflow.tracking import MlflowClient
 
+from pipeline.core.metric_values import json_ready, non_finite_note, value_text
+from pipeline.core.mlflow_store import NOTE_TAG
 from pipeline.core.params import Params
-from pipeline.core.tracking import NOTE_TAG, stage_run
+from pipeline.core.tracking import stage_run
 from pipeline.dag.ablation import build_rows, log_to_mlflow, write_reports
 from pipeline.data.classes import ClassList
 from pipeline.evaluation import plots
@@ -36,7 +38,7 @@ from pipeline.evaluation.evaluate import (
     summary_table,
     write_outputs,
 )
-from pipeline.evaluation.score import evaluate, json_ready, non_finite_note, value_text
+from pipeline.evaluation.score import evaluate
 from pipeline.stages import score as score_stage
 from pipeline.stages import summary as summary_stage
 from pipeline.stages import train as train_stage

@@ -12,7 +12,7 @@ def test_params_yaml_states_every_default_explicitly():
     assert (
         set(tree)
         == set(SECTIONS)
-        == {"data", "features", "sampling", "augment", "labels", "model", "train", "aggregate", "evaluate", "tracking"}
+        == {"data", "features", "sampling", "augment", "labels", "model", "train", "average", "evaluate", "tracking"}
     )
     # the file is the schema's defaults written out in full (make params), so DVC can track every key
     assert Params.model_validate(tree) == Params()
@@ -36,20 +36,20 @@ def test_presets_hold_the_papers_recipes():
         35,
     )
     assert (
-        balanced.aggregate.wa_start,
-        balanced.aggregate.wa_end,
+        balanced.average.wa_start,
+        balanced.average.wa_end,
         balanced.sampling.balanced,
         balanced.labels.enhance,
     ) == (41, 60, False, "mean")
     assert (full.train.lr, full.train.batch_size, full.train.epochs, full.train.lr_decay_start) == (1e-4, 100, 30, 10)
-    assert (full.aggregate.wa_start, full.aggregate.wa_end, full.sampling.balanced, full.labels.enhance) == (
+    assert (full.average.wa_start, full.average.wa_end, full.sampling.balanced, full.labels.enhance) == (
         16,
         30,
         True,
         "none",
     )
     assert (fsd.train.lr, fsd.train.batch_size, fsd.train.epochs, fsd.train.lr_decay_start) == (5e-4, 24, 40, 10)
-    assert (fsd.aggregate.wa_start, fsd.aggregate.wa_end, fsd.sampling.balanced, fsd.labels.enhance) == (
+    assert (fsd.average.wa_start, fsd.average.wa_end, fsd.sampling.balanced, fsd.labels.enhance) == (
         21,
         40,
         True,
@@ -81,8 +81,8 @@ OFFICIAL = {
         "train.batch_size": 100,
         "train.epochs": 60,
         "train.lr_decay_start": 35,
-        "aggregate.wa_start": 41,
-        "aggregate.wa_end": 60,
+        "average.wa_start": 41,
+        "average.wa_end": 60,
         "features.target_length": 1056,
     },
     "audioset_full": {
@@ -95,8 +95,8 @@ OFFICIAL = {
         "train.batch_size": 100,
         "train.epochs": 30,
         "train.lr_decay_start": 10,
-        "aggregate.wa_start": 16,
-        "aggregate.wa_end": 30,
+        "average.wa_start": 16,
+        "average.wa_end": 30,
         "features.target_length": 1056,
     },
     "fsd50k": {
@@ -108,8 +108,8 @@ OFFICIAL = {
         "train.batch_size": 24,
         "train.epochs": 40,
         "train.lr_decay_start": 10,
-        "aggregate.wa_start": 21,
-        "aggregate.wa_end": 40,
+        "average.wa_start": 21,
+        "average.wa_end": 40,
         "features.target_length": 3000,
         "evaluate.splits": ["eval", "val"],  # --data-val fsd50k_val_full.json, --data-eval fsd50k_eval_full.json
     },
@@ -185,7 +185,7 @@ def _error(tmp_path, tree, overrides=None) -> str:
         ({"labels": {"enhance": "max"}}, "labels.enhance", "'none', 'mean'"),
         ({"data": {"on_bad": "ignore"}}, "data.on_bad", "'skip' or 'fail'"),
         ({"data": {"dataset": "folder"}}, "data", "data.folder.csv"),
-        ({"aggregate": {"wa_start": 5, "wa_end": 3}}, "aggregate", "wa_end must be >= wa_start"),
+        ({"average": {"wa_start": 5, "wa_end": 3}}, "average", "wa_end must be >= wa_start"),
         ({"train": {"epochs": 3}}, "", "exceeds train.epochs"),
     ],
 )

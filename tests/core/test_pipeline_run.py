@@ -12,8 +12,9 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.core import pipeline_run as mlflow_pipeline
 from pipeline.core.params import Params
-from pipeline.core.tracking import finish_pipeline, stage_run
-from pipeline.features.features import CONTENT_DIGEST
+from pipeline.core.pipeline_run import finish_pipeline
+from pipeline.core.tracking import stage_run
+from pipeline.features.layout import CONTENT_DIGEST
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,9 @@ import textwrap
 
 from mlflow.tracking import MlflowClient
 
+from pipeline.core.mlflow_store import tracking_uri
 from pipeline.core.params import Params
-from pipeline.core.tracking import stage_run, tracking_uri
+from pipeline.core.tracking import stage_run
 from tests.conftest import REPO
 
 WORKER = textwrap.dedent("""

@@ -92,8 +92,8 @@ def test_two_variants_one_epoch_as_dvc_experiments(tmp_path):
         [
             "train.epochs=1",
             "train.lr_decay_start=1",
-            "aggregate.wa_start=1",
-            "aggregate.wa_end=1",
+            "average.wa_start=1",
+            "average.wa_end=1",
             "train.seeds=[1, 2]",
             "data.shards=[0]",
         ],

@@ -95,7 +95,7 @@ def test_write_puts_back_what_is_missing_and_removes_what_is_extra(tmp_path):
     (tmp_path / "dvc.yaml").write_text(stale)
     problems = stage_deps.differences(tmp_path / "dvc.yaml", REPO)
     assert any(
-        p.startswith("teacher: missing pipeline/evaluation/score.py (imported: pipeline/stages/train.py")
+        p.startswith("teacher: missing pipeline/evaluation/score.py (imported: pipeline/stages/teacher.py")
         for p in problems
     )
     assert any(p.startswith("stats: extra pipeline/core/tracking.py (exempt") for p in problems)

@@ -18,10 +18,12 @@ import soundfile as sf
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import load_params
-from pipeline.data.datasets import Item, Rejected, class_metadata, list_split
+from pipeline.data import __main__ as data_command
 from pipeline.data.download import DownloadError
 from pipeline.data.fsd50k import reassemble_split_zip
+from pipeline.data.listing import Item, Rejected
 from pipeline.data.prepare import prepare_split
+from pipeline.data.registry import class_metadata, list_split
 from tests.conftest import FIXTURES, run_module, write_params
 from tests.data.test_download import closed_port, serve
 
@@ -318,21 +320,22 @@ def test_cli_offline_stops_with_one_line(tmp_path):
         assert lines[0].startswith("error: cannot reach 127.0.0.1:") and "data.fsd50k.source=local" in lines[0]
 
 
-def test_download_command_gets_the_whole_release(tmp_path, zenodo, capsys):
-    from pipeline.data import fsd50k
-
+def test_data_command_gets_the_whole_release(tmp_path, zenodo, capsys):
     write_params(tmp_path / "params.yaml", _tree(tmp_path, zenodo, keep_archives=False))
-    fsd50k.main(["--params", str(tmp_path / "params.yaml")])
+    data_command.main(["--params", str(tmp_path / "params.yaml")])  # python -m pipeline.data
     release = tmp_path / "data/downloads/fsd50k"
-    assert capsys.readouterr().out.splitlines() == [
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [
         f"FSD50K dev audio: {release / 'FSD50K.dev_audio.unsplit.zip'}",
         f"FSD50K eval audio: {release / 'FSD50K.eval_audio.unsplit.zip'}",
     ]
+    assert lines[2].startswith("fsd50k: ") and [line.split(":")[0] for line in lines[3:]] == ["train", "val", "eval"]
     assert sorted(p.name for p in release.iterdir() if not p.name.startswith(".")) == [
         "FSD50K.dev_audio.unsplit.zip",
         "FSD50K.eval_audio.unsplit.zip",
         "FSD50K.ground_truth",
         "FSD50K.ground_truth.zip",
+        "ontology.json",  # class_metadata's, for the counts
     ]
 
 

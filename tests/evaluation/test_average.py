@@ -16,9 +16,9 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_write_json
 from pipeline.core.params import load_params
 from pipeline.data.classes import read_classes, write_classes
-from pipeline.data.datasets import class_metadata, list_split
 from pipeline.data.manifest import write_manifest
 from pipeline.data.prepare import prepare_split
+from pipeline.data.registry import class_metadata, list_split
 from pipeline.evaluation.average import (
     average_checkpoints,
     batchnorm_layers,
@@ -116,7 +116,7 @@ def test_select_epochs_and_a_missing_epoch(trained):
         select_epochs(run, 2, 3)
     message = str(err.value)
     assert "epoch_003.pt: missing" in message and "epochs 1..2" in message
-    assert "aggregate.wa_start/wa_end" in message and "\n" not in message
+    assert "average.wa_start/wa_end" in message and "\n" not in message
     with pytest.raises(PipelineError, match="run folder not found"):
         select_epochs(trained / "models" / "seed-9", 1, 2)
 
@@ -164,7 +164,7 @@ def test_the_averaged_checkpoint_loads_and_predicts(trained):
 
 def test_batchnorm_reestimation_changes_only_running_statistics(trained):
     data = trained / "data"
-    params = tiny_params(data, "aggregate.bn_batches=2")
+    params = tiny_params(data, "average.bn_batches=2")
     payload = load_checkpoint(trained / "models" / "wa" / "seed-1.pt")
     weights = weights_by_clip(data / "weights.csv")
     redone = reestimate_payload_batchnorm(payload, params, data / "features" / "train.h5", weights, torch.device("cpu"))
@@ -221,7 +221,7 @@ def test_average_stage_with_batchnorm_reestimation(trained, tmp_path, store_uri,
         [
             *common,
             "--set",
-            "aggregate.bn_batches=2",
+            "average.bn_batches=2",
             "--run",
             str(_run(trained, 2)),
             "--out",
@@ -245,7 +245,7 @@ def test_average_stage_with_batchnorm_reestimation(trained, tmp_path, store_uri,
     assert run.data.metrics["members"] == 2
 
     with pytest.raises(SystemExit) as exit_:
-        main([*common, "--set", "aggregate.bn_batches=2", "--run", str(_run(trained)), "--out", str(tmp_path / "x.pt")])
+        main([*common, "--set", "average.bn_batches=2", "--run", str(_run(trained)), "--out", str(tmp_path / "x.pt")])
     stderr = capsys.readouterr().err
     assert exit_.value.code == 2 and len(stderr.strip().splitlines()) == 1 and not (tmp_path / "x.pt").exists()
-    assert stderr.startswith("error: aggregate.bn_batches=2: pass --train-features")
+    assert stderr.startswith("error: average.bn_batches=2: pass --train-features")

@@ -13,7 +13,8 @@ from pipeline.core.params import Features
 from pipeline.core.shards import shard_path
 from pipeline.data.classes import ClassList
 from pipeline.data.manifest import Entry, write_manifest
-from pipeline.features.features import CONTENT_DIGEST, extract_features, merge_shards, normalisation_stats, relabel
+from pipeline.features.features import extract_features, merge_shards, normalisation_stats, relabel
+from pipeline.features.layout import CONTENT_DIGEST
 from tests.conftest import run_module, tone
 
 CLASSES = ClassList(("/m/a", "/m/b", "/m/c"), ("A", "B", "C"))

@@ -11,16 +11,8 @@ import pytest
 from pipeline.core.errors import PipelineError
 from pipeline.data.classes import ClassList
 from pipeline.data.manifest import Entry, read_manifest
-from pipeline.labels.weights import (
-    BalancedSampler,
-    ShuffleSampler,
-    label_matrix,
-    make_sampler,
-    read_weights,
-    sample_weights,
-    weights_by_clip,
-    write_weights,
-)
+from pipeline.labels.weights import label_matrix, read_weights, sample_weights, weights_by_clip, write_weights
+from pipeline.training.sampler import BalancedSampler, ShuffleSampler, make_sampler
 from tests.conftest import AUDIOSET_META, LABEL_FIXTURE, run_module, write_params
 
 FIXTURE = LABEL_FIXTURE

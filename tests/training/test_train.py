@@ -15,9 +15,9 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_write_json
 from pipeline.core.params import load_params
 from pipeline.data.classes import read_classes, write_classes
-from pipeline.data.datasets import class_metadata, list_split
 from pipeline.data.manifest import write_manifest
 from pipeline.data.prepare import prepare_split
+from pipeline.data.registry import class_metadata, list_split
 from pipeline.features.features import extract_features, normalisation_stats
 from pipeline.labels.weights import label_matrix, sample_weights, weights_by_clip, write_weights
 from pipeline.training.loader import Normaliser
@@ -86,7 +86,7 @@ def test_learning_rate_warms_up_then_drops_every_few_epochs():
             "train.lr_decay_every=2",
             "train.lr_decay=0.5",
             "train.epochs=9",
-            "aggregate.wa_end=9",
+            "average.wa_end=9",
         ],
     )
     assert learning_rate(p, 1, 1) == pytest.approx(0.1) and learning_rate(p, 1, 5) == pytest.approx(0.5)
@@ -139,7 +139,7 @@ def test_paper_warmup_is_the_official_sequence_step_by_step(preset, steps_per_ep
 def test_training_writes_checkpoints_history_and_improves(tiny_data, tmp_path):
     out = tmp_path / "run"
     best = train(
-        _params(tiny_data, "train.epochs=3", "aggregate.wa_end=3"), _inputs(tiny_data), out, seed=1, progress=False
+        _params(tiny_data, "train.epochs=3", "average.wa_end=3"), _inputs(tiny_data), out, seed=1, progress=False
     )
     names = sorted(p.name for p in out.iterdir())
     assert names == ["best.pt", "curves.png", "epoch_001.pt", "epoch_002.pt", "epoch_003.pt", "history.csv", "last.pt"]
@@ -208,7 +208,7 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(tiny_data, tmp_
 
 
 def test_checkpoints_of_other_params_or_data_are_not_resumed(tiny_data, tmp_path, capsys):
-    one_epoch = ["train.epochs=1", "aggregate.wa_start=1", "aggregate.wa_end=1"]
+    one_epoch = ["train.epochs=1", "average.wa_start=1", "average.wa_end=1"]
     train(_params(tiny_data, *one_epoch), _inputs(tiny_data), tmp_path / "r", seed=1, progress=False)
     before = load_checkpoint(tmp_path / "r" / "last.pt")["fingerprint"]
     train(_params(tiny_data, *one_epoch, "train.lr=0.5"), _inputs(tiny_data), tmp_path / "r", seed=1, progress=False)
@@ -223,7 +223,7 @@ def test_checkpoints_of_other_params_or_data_are_not_resumed(tiny_data, tmp_path
 
 def test_channels_last_trains(tiny_data, tmp_path):
     best = train(
-        _params(tiny_data, "train.channels_last=true", "train.epochs=1", "aggregate.wa_start=1", "aggregate.wa_end=1"),
+        _params(tiny_data, "train.channels_last=true", "train.epochs=1", "average.wa_start=1", "average.wa_end=1"),
         _inputs(tiny_data),
         tmp_path / "cl",
         seed=1,
@@ -251,7 +251,7 @@ def test_train_and_predict_stages_log_to_mlflow(tiny_data, tmp_path, store_uri):
         "train.log_every=1",
     ]
     run_module(
-        "pipeline.stages.train",
+        "pipeline.stages.teacher",
         *common,
         "--train-features",
         str(tiny_data / "train.h5"),
@@ -267,8 +267,6 @@ def test_train_and_predict_stages_log_to_mlflow(tiny_data, tmp_path, store_uri):
         str(tmp_path / "teacher"),
         "--seed",
         "1",
-        "--role",
-        "teacher",
         "--no-progress",
         cwd=tmp_path,
     )
@@ -349,7 +347,7 @@ def test_ddp_two_cpu_processes_share_the_draws_and_end_identical(tiny_data, tmp_
     assert len(ranks[0]["drawn"]) == len(ranks[1]["drawn"]) == 24  # 2 epochs x 12 draws each
     epoch1 = [r["drawn"][:12] for r in ranks]
     interleaved = [i for pair in zip(*epoch1) for i in pair]
-    from pipeline.labels.weights import BalancedSampler
+    from pipeline.training.sampler import BalancedSampler
 
     single = BalancedSampler(np.array(list(weights_by_clip(tiny_data / "weights.csv").values())), seed=1)
     single.set_epoch(1)
@@ -368,7 +366,7 @@ def test_ddp_two_cpu_processes_share_the_draws_and_end_identical(tiny_data, tmp_
 
 def test_no_teacher_is_trained_when_labels_are_not_enhanced(tiny_data, tmp_path):
     out = run_module(
-        "pipeline.stages.train",
+        "pipeline.stages.teacher",
         "--params",
         str(TINY),
         "--set",
@@ -377,8 +375,6 @@ def test_no_teacher_is_trained_when_labels_are_not_enhanced(tiny_data, tmp_path)
         "tracking.enabled=false",
         "--set",
         "labels.enhance=none",
-        "--role",
-        "teacher",
         "--train-features",
         str(tiny_data / "train.h5"),
         "--val-features",
@@ -399,7 +395,7 @@ def test_no_teacher_is_trained_when_labels_are_not_enhanced(tiny_data, tmp_path)
         str(tmp_path / "p.npz"),
         cwd=tmp_path,
     ).stdout
-    assert "no teacher trained" in out
+    assert "labels.enhance is none: no teacher" in out
     assert [p.name for p in (tmp_path / "teacher").iterdir()] == ["SKIPPED"]
     from pipeline.core.predictions import read_predictions
 
@@ -419,12 +415,13 @@ def test_a_teacher_validated_on_eval_scores_with_its_last_checkpoint(tiny_data, 
             "--params",
             str(TINY),
             *("--set", f"data.root={tiny_data}", "--set", "tracking.enabled=false", "--set", "data.dataset=audioset"),
-            *("--set", f"data.audioset.val={val}", "--set", "train.epochs=1", "--set", "aggregate.wa_start=1"),
-            *("--set", "aggregate.wa_end=1", "--role", "teacher", "--no-progress"),
+            *("--set", f"data.audioset.val={val}", "--set", "train.epochs=1", "--set", "average.wa_start=1"),
+            *("--set", "average.wa_end=1", "--no-progress"),
             *("--train-features", str(tiny_data / "train.h5"), "--val-features", str(tiny_data / "val.h5")),
             *("--weights", str(tiny_data / "weights.csv"), "--stats", str(tiny_data / "stats.json")),
             *("--classes", str(tiny_data / "classes.csv"), "--out", str(tmp_path / "teacher"), "--seed", "0"),
             *("--predict-features", str(tiny_data / "train.h5"), "--predict-out", str(tmp_path / "p.npz")),
-        ]
+        ],
+        role="teacher",
     )
     assert [p.name for p in used] == ["last.pt" if val == "eval" else "best.pt"]

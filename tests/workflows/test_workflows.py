@@ -157,7 +157,7 @@ def test_dvc_repro_then_nothing_to_do_and_snakemake_agrees(tmp_path):
     assert _planned(project) == {}
     lr = _configfile(project, "lr.yaml", {"train": {"lr": 0.005}})  # teacher and train read train.*
     assert _planned(project, "--configfile", lr) == {**AFTER_TEACHER, "all": 1}
-    wa = _configfile(project, "wa.yaml", {"aggregate": {"wa_start": 2}})
+    wa = _configfile(project, "wa.yaml", {"average": {"wa_start": 2}})
     assert _planned(project, "--configfile", wa) == {"average": 1, "evaluate": 1, "all": 1}
     frames = _configfile(project, "frames.yaml", {"features": {"target_length": 60}})
     assert _planned(project, "--configfile", frames) == {**AFTER_FEATURES, "all": 1}
@@ -186,7 +186,7 @@ def test_a_config_typo_stops_snakemake_with_the_stage_clis_one_line_error(tmp_pa
         timeout=300,
     )
     stage = subprocess.run(
-        [sys.executable, "-m", "pipeline.core.params", "--params", "typo.yaml"],
+        [sys.executable, "-m", "pipeline.stages.params", "--params", "typo.yaml"],
         cwd=project,
         env=env,
         capture_output=True,
@@ -208,7 +208,7 @@ def test_a_config_typo_stops_snakemake_with_the_stage_clis_one_line_error(tmp_pa
         timeout=300,
     )
     assert short.returncode == 2 and short.stderr.startswith("error: params.yaml + short.yaml: ")
-    assert short.stderr.count("\n") == 1 and "aggregate.wa_end (2) exceeds train.epochs (1)" in short.stderr
+    assert short.stderr.count("\n") == 1 and "average.wa_end (2) exceeds train.epochs (1)" in short.stderr
 
 
 def test_a_shard_count_means_the_shard_numbers_in_snakemake_as_in_dvc(tmp_path):

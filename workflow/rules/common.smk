@@ -19,6 +19,7 @@ sys.path.insert(0, workflow.basedir)  # this checkout's pipeline package, instal
 from pipeline.dag import stage_deps
 from pipeline.core.params import ParamsError, read_yaml, to_yaml, validate
 from pipeline.core.pipeline_run import mark_execution
+from pipeline.labels.plan import label_plan
 
 mark_execution()  # PSLA_PIPELINE_ID: every job (SLURM's too) nests its MLflow run under this execution's parent
 
@@ -90,16 +91,14 @@ def code_deps(stage):
     return stage_deps.code_deps(STAGES[stage]["module"], Path(workflow.basedir))
 
 
-ENHANCED = RESOLVED.labels.enhance != "none"
+LABEL_PLAN = label_plan(RESOLVED)  # teacher, enhance and relabel run only when LABEL_PLAN.enhance
 WEIGHTS_MANIFEST = {"original": "train.csv", "enhanced": "train_enhanced.csv"}
 
 
 def training_inputs(wildcards):
-    """The seeds train on the enhanced labels, or on the original ones when labels.enhance is none
-    (then no teacher is trained at all)."""
-    if ENHANCED:
-        return {"train": f"{ROOT}/features/train_enhanced.h5", "weights": f"{ROOT}/weights/enhanced.csv"}
-    return {"train": f"{ROOT}/features/train.h5", "weights": f"{ROOT}/weights/original.csv"}
+    """The seeds' training features and weights: enhanced labels, or the original ones when the plan has no
+    enhancement (then the teacher, enhance and relabel rules are not requested at all)."""
+    return LABEL_PLAN.training_inputs(ROOT)
 
 
 def all_outputs():

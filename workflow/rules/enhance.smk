@@ -26,7 +26,7 @@ rule teacher:
         runtime=24 * 60,
         gpu=1,
     shell:
-        "python -m pipeline.stages.train --params {params.resolved} --role teacher --train-features {input.train}"
+        "python -m pipeline.stages.teacher --params {params.resolved} --train-features {input.train}"
         " --val-features {input.val} --weights {input.weights} --stats {input.stats} --classes {input.classes}"
         " --out models/teacher --seed 0 --history {output.history}"
         " --predict-features {input.train} --predict-out {output.scores} --no-progress > {log} 2>&1"
@@ -78,6 +78,6 @@ rule relabel:
         mem_mb=4000,
         runtime=30,
     shell:
-        "python -m pipeline.stages.features --params {params.resolved} --relabel {input.features}"
+        "python -m pipeline.stages.relabel --params {params.resolved} --features {input.features}"
         " --manifest {input.manifest} --classes {input.classes} --out {output.features} --report {output.report}"
         " > {log} 2>&1"

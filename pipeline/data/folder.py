@@ -1,7 +1,7 @@
-"""What each dataset contributes to the prepare stage: its class list and ontology, and the
-items of one split (clip id, labels, how to load the audio), plus the rows rejected while listing.
+"""Your own labelled audio: a CSV `audio,labels[,split][,clip_id]` and a class list (`data.dataset: folder`).
 
-A listing is deterministic and cheap, so every shard computes it whole and takes its own slice.
+Labels are MIDs or display names from the class list, separated by commas. Without a split column each
+clip gets a stable pseudo-random split from its clip id, so adding rows moves none.
 """
 
 from __future__ import annotations
@@ -9,90 +9,47 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
+from pydantic import Field
 
+from pipeline.core import schema
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import Params
 from pipeline.data.audio import read_audio
 from pipeline.data.classes import ClassList, UnknownLabel, read_classes, read_ontology
+from pipeline.data.listing import CLIP_ID, Item, Listing, Rejected
 
-CLIP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
+if TYPE_CHECKING:
+    from pipeline.core.params import Params
 
-
-@dataclass(frozen=True)
-class Item:
-    clip_id: str
-    labels: tuple[str, ...]
-    source: str  # what a person would look at: the file path, or the demo clip id
-    load: Callable[[], tuple[np.ndarray, int]]  # -> float32 [channels, samples], sample rate
+NAME = "folder"
+SPLITS = None  # any split names
 
 
-@dataclass(frozen=True)
-class Rejected:
-    """A row that never became an item; it counts as requested and skipped."""
+class FolderData(schema.Section):
+    """The params section data.folder."""
 
-    clip_id: str
-    source: str
-    reason: str
-    detail: str
-
-
-@dataclass
-class Listing:
-    split: str
-    entries: list  # Item | Rejected, in the dataset's order
-    # Optional: told which items of the shard still need loading (in order) before the first load,
-    # so a dataset can fetch them ahead with bounded concurrency (AudioSet's downloads).
-    prefetch: Callable[[list], None] | None = None
+    csv: str | None = None
+    classes: str | None = None
+    ontology: str | None = None
+    audio_root: str | None = None  # where the CSV's relative audio paths start; default: the CSV's folder
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1  # used only when the CSV has no split column
+    eval_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    split_seed: int = 0
 
 
-# ---- class list and ontology -------------------------------------------------------------
+Section = FolderData
+
+
+def check(data) -> None:
+    if not (data.folder.csv and data.folder.classes):
+        raise ValueError("data.dataset=folder needs data.folder.csv and data.folder.classes")
 
 
 def class_metadata(params: Params) -> tuple[ClassList, list[dict]]:
-    data = params.data
-    if data.dataset == "demo":
-        from pipeline.data import demo
-
-        table = demo.class_table()
-        return ClassList(tuple(r["mid"] for r in table), tuple(r["display_name"] for r in table)), demo.ontology()
-    if data.dataset == "folder":
-        classes = read_classes(data.folder.classes)
-        ontology = read_ontology(data.folder.ontology) if data.folder.ontology else []
-        return classes, ontology
-    if data.dataset == "audioset":
-        from pipeline.data import audioset
-
-        return audioset.class_metadata(params)
-    if data.dataset == "fsd50k":
-        from pipeline.data import fsd50k
-
-        return fsd50k.class_metadata(params)
-    raise PipelineError(f"data.dataset={data.dataset}: unknown dataset")
-
-
-# ---- demo --------------------------------------------------------------------------------
-
-
-def list_demo(params: Params, split: str) -> Listing:
-    from pipeline.data import demo
-
-    cfg = params.data.demo
-    if split not in ("train", "val", "eval"):
-        raise PipelineError(f"data.splits: the demo dataset has the splits train, val, eval (got '{split}')")
-
-    def loader(spec):
-        return lambda: (demo.synthesize(spec, cfg)[None, :], demo.SAMPLE_RATE)
-
-    items = [Item(s.clip_id, tuple(s.labels), f"demo:{s.clip_id}", loader(s)) for s in demo.clip_specs(cfg, split)]
-    return Listing(split, items)
-
-
-# ---- folder ------------------------------------------------------------------------------
+    folder = params.data.folder
+    return read_classes(folder.classes), (read_ontology(folder.ontology) if folder.ontology else [])
 
 
 def _hash_fraction(text: str, seed: int) -> float:
@@ -116,7 +73,7 @@ def _assign_split(params: Params, clip_id: str) -> str:
     return "train" if "train" in splits else splits[0]
 
 
-def list_folder(params: Params, split: str, classes: ClassList) -> Listing:
+def list_split(params: Params, split: str, classes: ClassList) -> Listing:
     """Rows of the user's CSV (`audio,labels[,split][,clip_id]`) that belong to `split`.
 
     Rows whose split cannot be read (a malformed row) are reported under the first split, so
@@ -199,19 +156,3 @@ def list_folder(params: Params, split: str, classes: ClassList) -> Listing:
         path = Path(audio) if Path(audio).is_absolute() else audio_root / audio
         entries.append(Item(clip_id, labels, str(path), lambda path=path: read_audio(path)))
     return Listing(split, entries)
-
-
-def list_split(params: Params, split: str, classes: ClassList) -> Listing:
-    if params.data.dataset == "demo":
-        return list_demo(params, split)
-    if params.data.dataset == "folder":
-        return list_folder(params, split, classes)
-    if params.data.dataset == "audioset":
-        from pipeline.data import audioset
-
-        return audioset.list_split(params, split, classes)
-    if params.data.dataset == "fsd50k":
-        from pipeline.data import fsd50k
-
-        return fsd50k.list_split(params, split, classes)
-    raise PipelineError(f"data.dataset={params.data.dataset}: unknown dataset")

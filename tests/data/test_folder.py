@@ -3,7 +3,9 @@ import pytest
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import load_params
 from pipeline.data.classes import UnknownLabel, read_classes
-from pipeline.data.datasets import Item, Rejected, class_metadata, list_folder, list_split
+from pipeline.data.folder import list_split as list_folder
+from pipeline.data.listing import Item, Rejected
+from pipeline.data.registry import class_metadata, list_split
 from tests.conftest import write_params
 
 
