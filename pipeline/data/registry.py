@@ -22,17 +22,23 @@ DATASETS: dict[str, ModuleType] = {
 }
 
 
+def selected(params) -> ModuleType:
+    """The plug-in `data.dataset` names. A stage that runs plug-in code reaches it through this module, so
+    the plug-ins are among its code dependencies (pipeline.dag.stage_deps)."""
+    return DATASETS[params.data.dataset]
+
+
 def class_metadata(params) -> tuple:
     """The selected dataset's class list and ontology."""
-    return DATASETS[params.data.dataset].class_metadata(params)
+    return selected(params).class_metadata(params)
 
 
 def list_split(params, split: str, classes):
     """The selected dataset's listing of one split (pipeline.data.listing.Listing)."""
-    return DATASETS[params.data.dataset].list_split(params, split, classes)
+    return selected(params).list_split(params, split, classes)
 
 
 def fetch(params) -> list[str]:
     """Download what the selected dataset needs ahead of prepare, where it has anything to fetch."""
-    plugin = DATASETS[params.data.dataset]
+    plugin = selected(params)
     return plugin.fetch(params) if hasattr(plugin, "fetch") else []

@@ -25,7 +25,7 @@ from pipeline.core.io import atomic_path, atomic_write_json, atomic_write_text
 from pipeline.core.predictions import load_scores_for
 from pipeline.core.tracking import stage_run
 from pipeline.data.classes import read_ontology
-from pipeline.data.registry import DATASETS
+from pipeline.data.registry import selected
 from pipeline.labels.enhance import build_relations, enhance_labels, labels_of, restricted_classes
 from pipeline.labels.plan import label_plan
 from pipeline.labels.weights import read_labelled_manifest
@@ -85,7 +85,7 @@ def main(argv=None):
                 )
             # FSD50K, as the official code: classes restricted in the ontology enhance nothing
             ontology = read_ontology(args.ontology)
-            restricted_enhance = getattr(DATASETS[params.data.dataset], "RESTRICTED_CLASSES_ENHANCE", True)
+            restricted_enhance = getattr(selected(params), "RESTRICTED_CLASSES_ENHANCE", True)
             relations = build_relations(ontology, classes, source=args.ontology, restricted_sources=restricted_enhance)
             skipped_sources = [] if restricted_enhance else restricted_classes(ontology, classes.mids)
             scores = load_scores_for(args.scores, entries, classes)
