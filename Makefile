@@ -44,6 +44,7 @@ lock: $(STAMP)
 	  $(VENV)/bin/python -m pip freeze --exclude-editable; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 	$(VENV)/bin/python envs/conda_env.py
 
-# params.yaml is the schema's defaults written out in full; regenerate after changing pipeline/core/params.py.
+# params.yaml is the schema's defaults written out in full; regenerate after changing pipeline/core/params.py
+# or a dataset's params section (pipeline/data/sections/).
 params: $(STAMP)
 	python -m pipeline.stages.params --params /dev/null --out params.yaml

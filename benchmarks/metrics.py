@@ -20,7 +20,7 @@ import time
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pipeline.evaluation.score import evaluate
+from pipeline.core.metrics import evaluate
 
 
 def make_data(n: int, c: int, dtype, seed: int = 0):
@@ -83,7 +83,7 @@ def main():
 
     print(f"sklearn per-class loop: median {base_median:.3f} s  (runs: {', '.join(f'{t:.3f}' for t in base_runs)})")
     print(
-        f"pipeline.evaluation.score.evaluate: median {ours_median:.4f} s  "
+        f"pipeline.core.metrics.evaluate: median {ours_median:.4f} s  "
         f"(runs: {', '.join(f'{t:.4f}' for t in ours_runs)})"
     )
     print(f"max abs difference over {len(ids)} per-class APs and AUCs and the means: {diff:.3g}")

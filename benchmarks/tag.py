@@ -32,8 +32,8 @@ import torch  # noqa: E402
 from pipeline.core.params import Params  # noqa: E402
 from pipeline.features.features import fbank_options  # noqa: E402
 from pipeline.tagging.tag import load_tagger, tag_file  # noqa: E402
+from pipeline.training.checkpoint import CHECKPOINT_FORMAT, save_checkpoint  # noqa: E402
 from pipeline.training.model import create_model, describe  # noqa: E402
-from pipeline.training.train import CHECKPOINT_FORMAT, save_checkpoint  # noqa: E402
 
 RATE = 44100
 

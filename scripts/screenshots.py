@@ -94,7 +94,8 @@ def tiny_project(root: Path) -> Path:
             (project / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, project / name)
     sys.path.insert(0, str(REPO))
-    from pipeline.core.params import load_params, to_yaml
+    from pipeline.core.params import to_yaml
+    from pipeline.data.params import load_params
 
     (project / "params.yaml").write_text(to_yaml(load_params(REPO / "presets" / "tiny.yaml", [])))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}

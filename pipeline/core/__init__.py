@@ -1,2 +1,3 @@
-"""The shared core beneath every stage: the params schema, stage CLI helpers, atomic I/O, reports,
-shards, the predictions file format and MLflow tracking."""
+"""The shared core beneath every layer: the params sections and the `Params` type, stage CLI helpers,
+atomic I/O, reports, shards, the predictions and features file formats, the metrics and MLflow tracking.
+It imports nothing from the layers above it (docs/architecture.md)."""

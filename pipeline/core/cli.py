@@ -1,4 +1,7 @@
-"""What every stage CLI shares: `--params FILE`, repeated `--set section.key=value`, one-line errors."""
+"""What every stage CLI shares: `--params FILE`, repeated `--set section.key=value`, one-line errors.
+
+The params those options name are loaded by `pipeline.data.params.load_from_args` (the full schema sits
+above core, with the dataset plug-ins' sections)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import sys
 from collections.abc import Callable
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import Params, load_params
 
 
 def params_parser(
@@ -26,10 +28,6 @@ def params_parser(
         help="override one param, value parsed as YAML (repeatable), e.g. --set train.lr=1e-4",
     )
     return parser
-
-
-def load_from_args(args: argparse.Namespace) -> Params:
-    return load_params(args.params, args.overrides)
 
 
 def run(body: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser, argv: list[str] | None) -> None:

@@ -1,16 +1,21 @@
 """What a stage read, as MLflow dataset inputs (the UI's Datasets column): the manifests and features files
-named on its command line, with their digests and clip counts."""
+named on its command line, with their digests and clip counts.
+
+Both formats are read here by their shape, not through their modules (pipeline.data.manifest,
+pipeline.features.features), which sit in layers above core: a manifest is a CSV of one clip per row after
+its header, and a features file carries its content digest and clip ids as pipeline.core.features_layout
+lays them out."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import sys
 from pathlib import Path
 
-from pipeline.data.manifest import read_manifest
-from pipeline.features.layout import CONTENT_DIGEST
+from pipeline.core.features_layout import CONTENT_DIGEST
 
 INPUT_FLAGS = {"--manifest": "manifest", "--train-features": "train", "--val-features": "val", "--features": "features"}
 
@@ -48,6 +53,15 @@ def _features_info(path: Path) -> tuple[str | None, int | None]:
     return digest, clips
 
 
+def _manifest_clips(path: Path) -> int:
+    """A manifest's clip count: its non-empty rows after the header."""
+    with open(path, newline="") as handle:
+        rows = [row for row in csv.reader(handle) if row]
+    if not rows or not {"clip_id", "labels"} <= set(rows[0]):
+        raise ValueError(f"{path}: not a manifest (no clip_id,labels header)")
+    return len(rows) - 1
+
+
 def dataset_input(path, context: str, name=None, clips=None, digest=None):
     """An MLflow DatasetInput for a features file (.h5) or manifest (.csv)."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
@@ -58,7 +72,7 @@ def dataset_input(path, context: str, name=None, clips=None, digest=None):
         digest, clips = digest or found_digest, clips if clips is not None else found_clips
     elif clips is None and path.suffix == ".csv":
         with contextlib.suppress(Exception):
-            clips = len(read_manifest(path))
+            clips = _manifest_clips(path)
     shown = path
     with contextlib.suppress(ValueError):
         shown = path.resolve().relative_to(Path.cwd().resolve())

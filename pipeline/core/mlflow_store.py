@@ -36,8 +36,8 @@ def sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:"):
         return None
     path = urlparse(uri).path
-    # sqlite:///relative.db -> "/relative.db"; sqlite:////abs.db -> "//abs.db"
-    return Path(path[2:] if path.startswith("//") else path[1:]).absolute() if path else None
+    # sqlite:///relative.db -> "/relative.db"; sqlite:////abs.db -> "//abs.db": one slash is the separator
+    return Path(path[1:]).absolute() if path else None
 
 
 def git_commit() -> str:

@@ -1,8 +1,10 @@
-"""The params schema: every section of params.yaml, its defaults (the demo recipe) and its bounds.
+"""The params schema's sections and `Params`, the type every stage reads; reading and writing params files.
 
-`load_params(path, overrides)` = schema defaults <- the YAML file <- `--set section.key=value`
-overrides, validated as a whole. Any problem is a one-line `ParamsError` naming the key and the file.
-Presets in `presets/` are partial files read the same way, so they only state what differs.
+`Params` holds every section of params.yaml, with `data` as `DataSettings`, the settings every dataset
+shares. The dataset plug-ins add their own sections (`data.<name>`) in the composition root,
+`pipeline/data/params.py`, which also loads and validates params files (`load_params`): core cannot see
+the plug-ins, which sit a layer above it. Any problem is a one-line `ParamsError` naming the key and the
+file. Presets in `presets/` are partial files read the same way, so they only state what differs.
 """
 
 from __future__ import annotations
@@ -13,17 +15,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, StrictBool, ValidationError, create_model, field_validator, model_validator
+from pydantic import Field, StrictBool, ValidationError, field_validator, model_validator
 
 from pipeline.core.schema import ParamsError, Positive, PositiveInt, Probability, Section, SplitName
-from pipeline.data.registry import DATASETS
 
 
-class _Data(Section):
-    """The `data` section: the settings every dataset shares. `Data` adds `dataset` (one of the registered
-    plug-ins) and one sub-section per plug-in, named after it, holding that plug-in's own params."""
+class DataSettings(Section):
+    """The `data` section's settings every dataset shares, and all of it that a dataset plug-in reads
+    besides its own section. `pipeline.data.params.Data` narrows `dataset` to the registered plug-ins and
+    adds one sub-section per plug-in, named after it."""
 
-    dataset: str = "demo"  # Data narrows it to the registered names
+    dataset: str = "demo"
     root: str = "data"
     splits: list[SplitName] = ["train", "val", "eval"]
     sample_rate: Literal[16000] = 16000
@@ -45,38 +47,11 @@ class _Data(Section):
             )
         return self
 
-    @property
-    def plugin(self):
-        """The selected dataset's plug-in module (pipeline.data.registry)."""
-        return DATASETS[self.dataset]
-
-    @property
-    def validates_on_eval(self) -> bool:
-        """Whether the val split lists the eval clips (AudioSet's official recipe, `audioset.val: eval`), so a
-        checkpoint chosen on validation was chosen on eval and its eval score is not clean."""
-        check = getattr(self.plugin, "validates_on_eval", None)
-        return bool(check and check(getattr(self, self.dataset)))
-
     @model_validator(mode="after")
-    def _dataset_fits(self):
+    def _splits_unique(self):
         if len(set(self.splits)) != len(self.splits):
             raise ValueError("splits must be unique")
-        plugin = self.plugin
-        known = getattr(plugin, "SPLITS", None)
-        if known is not None and not set(self.splits) <= set(known):
-            raise ValueError(f"data.dataset={self.dataset} has the splits {', '.join(known)}")
-        check = getattr(plugin, "check", None)
-        if check is not None:
-            check(self)
         return self
-
-
-Data = create_model(
-    "Data",
-    __base__=_Data,
-    dataset=(Literal[tuple(DATASETS)], "demo"),
-    **{name: (plugin.Section, plugin.Section()) for name, plugin in DATASETS.items()},
-)
 
 
 class Features(Section):
@@ -201,7 +176,10 @@ class Tracking(Section):
 
 
 class Params(Section):
-    data: Data = Data()
+    """Every section of params.yaml: the annotation type of the params everywhere. What `load_params` returns
+    is its subclass `pipeline.data.params.PipelineParams`, whose `data` also holds the plug-ins' sections."""
+
+    data: DataSettings = DataSettings()
     features: Features = Features()
     sampling: Sampling = Sampling()
     augment: Augment = Augment()
@@ -253,7 +231,19 @@ def parse_override(text: str, source: str = "") -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def apply_overrides(tree: dict, overrides: list[str] | None, origin: str) -> str:
+    """Set each `--set section.key=value` of `overrides` in `tree` (a params file's contents, read from
+    `origin`); returns the source that errors name: `origin`, or `origin (with --set ...)`."""
+    overrides = overrides or []
+    source = f"{origin} (with --set {' '.join(overrides)})" if overrides else origin
+    for text in overrides:
+        key, value = parse_override(text, origin)
+        _set_dotted(tree, key, value, source)
+    return source
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """The first problem pydantic found, as one line naming the key and the source."""
     first = err.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
@@ -262,21 +252,6 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     shown = first.get("input")
     got = "" if isinstance(shown, dict) or first["type"] == "missing" else f" (got {shown!r})"
     return f"{source}: {key}: {message}{got}"
-
-
-RENAMED_SECTIONS = {"aggregate": "average"}
-
-
-def validate(tree: dict, source: str) -> Params:
-    for old, new in RENAMED_SECTIONS.items():
-        if old in tree:
-            raise ParamsError(
-                f"{source}: the params section '{old}' is now '{new}' (rename it; its keys are unchanged)"
-            )
-    try:
-        return Params.model_validate(tree)
-    except ValidationError as err:
-        raise ParamsError(_format_validation_error(err, source)) from None
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -298,20 +273,6 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(tree, dict):
         raise ParamsError(f"{path}: expected a mapping of sections (data, features, ...) at the top level")
     return tree
-
-
-def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
-    return with_overrides(read_yaml(path), overrides, str(path))
-
-
-def with_overrides(tree: dict, overrides: list[str] | None, origin: str) -> Params:
-    """`tree` (a params file's contents, read from `origin`) under the `--set` overrides, validated."""
-    overrides = overrides or []
-    source = f"{origin} (with --set {' '.join(overrides)})" if overrides else origin
-    for text in overrides:
-        key, value = parse_override(text, origin)
-        _set_dotted(tree, key, value, source)
-    return validate(tree, source)
 
 
 class _Dumper(yaml.SafeDumper):

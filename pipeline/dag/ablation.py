@@ -25,13 +25,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.cli import params_parser, run
 from pipeline.core.errors import PipelineError
-from pipeline.core.io import atomic_path, atomic_write_text
+from pipeline.core.io import atomic_path, atomic_write_json, atomic_write_text
 from pipeline.core.metric_values import is_finite, value_text
 from pipeline.core.mlflow_store import tracking_uri
 from pipeline.core.params import Params
+from pipeline.core.report import timing_path
 from pipeline.core.tracking import stage_run
+from pipeline.data.params import load_from_args
 
 SPLIT = "eval"
 
@@ -319,8 +321,12 @@ def write_reports(rows: list[Row], out_dir: Path, command: str, seconds: float) 
         notes += [row.reason] if row.reason and row.mean is not None else []
         note = f" ({'; '.join(notes)})" if notes else ""
         md.append(f"| {row.technique}{note} | {value} | {_fmt(delta, sign=True)} | {len(row.per_seed) or ''} |")
-    md += ["", f"Produced by `{command}` in {seconds / 60:.1f} min; mAP on the `{SPLIT}` split."]
+    md += ["", f"Produced by `{command}`; mAP on the `{SPLIT}` split."]
     paths = {"csv": out_dir / "ablation.csv", "md": out_dir / "ablation.md", "png": out_dir / "ablation.png"}
+    # the wall clock beside the committed reports, ignored by git: a rerun of the same results rewrites none of them
+    atomic_write_json(
+        timing_path(paths["md"], ".json"), {"seconds": round(seconds, 1), "minutes": round(seconds / 60, 1)}
+    )
     atomic_write_text(paths["csv"], table.getvalue())
     atomic_write_text(paths["md"], "\n".join(md) + "\n")
     _bar_plot(rows, paths["png"])
@@ -461,7 +467,7 @@ def main(argv: list[str] | None = None) -> None:
         if Path(args.params).resolve() != Path("params.yaml").resolve():
             raise PipelineError(
                 f"--params {args.params}: the experiments run the DAG on params.yaml; write your "
-                f"params there (python -m pipeline.core.params --params {args.params} --out params.yaml) "
+                f"params there (python -m pipeline.stages.params --params {args.params} --out params.yaml) "
                 f"or pass changes with --set"
             )
         params = load_from_args(args)

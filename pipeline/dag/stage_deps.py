@@ -9,7 +9,10 @@ Snakemake rules take them as inputs from `code_deps` at parse time.
 
 Left out, because they cannot change what a stage writes (a full AudioSet run must not retrain
 because a log line changed), are the modules in EXEMPT, whose own imports are not followed either,
-and package `__init__.py` files that hold nothing but a docstring and constants.
+and package `__init__.py` files that hold nothing but a docstring and constants. Every other import is
+followed, with no exceptions: the dataset plug-ins' download and decode code is no dep of the training
+stages because the params schema (pipeline/data/params.py) imports the plug-ins' params sections only,
+and only the stages that list data reach the plug-ins, through pipeline/data/registry.py.
 
     python -m pipeline.dag.stage_deps           # check dvc.yaml: exit status 1 and the differences if stale
     python -m pipeline.dag.stage_deps --write   # rewrite the code entries of every stage's deps in dvc.yaml
@@ -37,14 +40,6 @@ EXEMPT = {
     "pipeline/tagging/mlflow_model.py": "logs and registers MLflow models: writes nothing a stage outputs",
     "pipeline/core/perf.py": "speed only: process allocator settings, no value changes",
     "pipeline/core/errors.py": "the exception type",
-}
-
-# Imports not followed from one module: (importer, imported) -> why. The params schema imports the dataset
-# registry for the plug-ins' params sections only; a plug-in's code runs in the stages that list data
-# (metadata, prepare), which import the registry themselves, so editing AudioSet's downloader does not
-# rerun training. The values of the plug-ins' params are tracked as params (dvc.yaml) wherever read.
-SCHEMA_ONLY = {
-    ("pipeline/core/params.py", "pipeline/data/registry.py"): "the schema takes the plug-ins' params sections",
 }
 
 _COMMAND = re.compile(r"python -m ([\w.]+)")
@@ -114,7 +109,7 @@ def closure(module: str, root: Path = REPO) -> dict[str, str | None]:
         path = queue.pop(0)
         for name in sorted(_imported_modules(path, root)):
             target = module_file(name, root)
-            if target is None or target in seen or (path, target) in SCHEMA_ONLY:
+            if target is None or target in seen:
                 continue
             seen[target] = path
             if target not in EXEMPT:

@@ -3,8 +3,9 @@ ahead of prepare (e.g. on a cluster's login node, which has the network), and co
 
 from __future__ import annotations
 
-from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.cli import params_parser, run
 from pipeline.data.listing import Rejected
+from pipeline.data.params import load_from_args
 from pipeline.data.registry import class_metadata, fetch, list_split
 
 

@@ -61,21 +61,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
-from pydantic import Field, model_validator
 
-from pipeline.core import schema
 from pipeline.core.errors import PipelineError
-from pipeline.core.schema import PositiveInt, Probability
+from pipeline.core.params import DataSettings
 from pipeline.data.classes import ClassList
 from pipeline.data.listing import Item, Listing
-
-if TYPE_CHECKING:
-    from pipeline.core.params import Params
-
-NAME = "demo"
+from pipeline.data.sections.demo import NAME as NAME  # the registry's key for this plug-in
+from pipeline.data.sections.demo import SPLITS, DemoData
 
 SAMPLE_RATE = 16000
 REF_RMS = 0.05
@@ -83,7 +77,6 @@ BACKGROUND_DB = -30.0
 PEAK = 0.99
 RAMP_S = 0.01  # raised-cosine ramps on every event and every beep
 
-SPLITS = ("train", "val", "eval")
 _SPLIT_CODE = {"train": 1, "val": 2, "eval": 3}
 
 # (mid, display name, parent mid or None, sound kind or None if the class has no own sound)
@@ -442,39 +435,12 @@ def synthesize(spec: ClipSpec, cfg) -> np.ndarray:
 # ---- the dataset plug-in (pipeline.data.registry) -----------------------------------------------
 
 
-class DemoData(schema.Section):
-    """The params section data.demo: how many clips, how long, how many events and how noisy the labels."""
-
-    seed: int = 0
-    n_train: PositiveInt = 600
-    n_val: PositiveInt = 100
-    n_eval: PositiveInt = 200
-    clip_seconds: Annotated[float, Field(ge=0.5, le=60)] = 3.0
-    min_events: PositiveInt = 1
-    max_events: PositiveInt = 3
-    snr_db: tuple[float, float] = (-10.0, 10.0)
-    drop_child: Probability = 0.3
-    drop_parent: Probability = 0.3
-
-    @model_validator(mode="after")
-    def _ranges(self):
-        if self.max_events < self.min_events:
-            raise ValueError("max_events must be >= min_events")
-        if self.snr_db[1] < self.snr_db[0]:
-            raise ValueError("snr_db must be [low, high] with low <= high")
-        return self
-
-
-Section = DemoData
-
-
-def class_metadata(params: Params) -> tuple[ClassList, list[dict]]:
+def class_metadata(data: DataSettings, cfg: DemoData) -> tuple[ClassList, list[dict]]:
     table = class_table()
     return ClassList(tuple(r["mid"] for r in table), tuple(r["display_name"] for r in table)), ontology()
 
 
-def list_split(params: Params, split: str, classes: ClassList) -> Listing:
-    cfg = params.data.demo
+def list_split(data: DataSettings, cfg: DemoData, split: str, classes: ClassList) -> Listing:
     if split not in SPLITS:
         raise PipelineError(f"data.splits: the demo dataset has the splits train, val, eval (got '{split}')")
 

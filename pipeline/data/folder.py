@@ -10,46 +10,18 @@ import csv
 import hashlib
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
 
-from pydantic import Field
-
-from pipeline.core import schema
 from pipeline.core.errors import PipelineError
+from pipeline.core.params import DataSettings
 from pipeline.data.audio import read_audio
 from pipeline.data.classes import ClassList, UnknownLabel, read_classes, read_ontology
 from pipeline.data.listing import CLIP_ID, Item, Listing, Rejected
-
-if TYPE_CHECKING:
-    from pipeline.core.params import Params
-
-NAME = "folder"
-SPLITS = None  # any split names
+from pipeline.data.sections.folder import NAME as NAME  # the registry's key for this plug-in
+from pipeline.data.sections.folder import FolderData
 
 
-class FolderData(schema.Section):
-    """The params section data.folder."""
-
-    csv: str | None = None
-    classes: str | None = None
-    ontology: str | None = None
-    audio_root: str | None = None  # where the CSV's relative audio paths start; default: the CSV's folder
-    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1  # used only when the CSV has no split column
-    eval_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    split_seed: int = 0
-
-
-Section = FolderData
-
-
-def check(data) -> None:
-    if not (data.folder.csv and data.folder.classes):
-        raise ValueError("data.dataset=folder needs data.folder.csv and data.folder.classes")
-
-
-def class_metadata(params: Params) -> tuple[ClassList, list[dict]]:
-    folder = params.data.folder
-    return read_classes(folder.classes), (read_ontology(folder.ontology) if folder.ontology else [])
+def class_metadata(data: DataSettings, cfg: FolderData) -> tuple[ClassList, list[dict]]:
+    return read_classes(cfg.classes), (read_ontology(cfg.ontology) if cfg.ontology else [])
 
 
 def _hash_fraction(text: str, seed: int) -> float:
@@ -62,26 +34,25 @@ def _derived_clip_id(audio: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip("._-") or "clip"
 
 
-def _assign_split(params: Params, clip_id: str) -> str:
+def _assign_split(splits: list[str], cfg: FolderData, clip_id: str) -> str:
     """Without a split column: a stable pseudo-random split from the clip id, so adding rows moves none."""
-    folder, splits = params.data.folder, params.data.splits
-    u = _hash_fraction(clip_id, folder.split_seed)
-    if "eval" in splits and u < folder.eval_fraction:
+    u = _hash_fraction(clip_id, cfg.split_seed)
+    if "eval" in splits and u < cfg.eval_fraction:
         return "eval"
-    if "val" in splits and u < folder.eval_fraction + folder.val_fraction:
+    if "val" in splits and u < cfg.eval_fraction + cfg.val_fraction:
         return "val"
     return "train" if "train" in splits else splits[0]
 
 
-def list_split(params: Params, split: str, classes: ClassList) -> Listing:
+def list_split(data: DataSettings, cfg: FolderData, split: str, classes: ClassList) -> Listing:
     """Rows of the user's CSV (`audio,labels[,split][,clip_id]`) that belong to `split`.
 
     Rows whose split cannot be read (a malformed row) are reported under the first split, so
     summed over splits, requested always equals the CSV's data rows.
     """
-    folder, splits = params.data.folder, params.data.splits
-    csv_path = Path(folder.csv)
-    audio_root = Path(folder.audio_root) if folder.audio_root else csv_path.parent
+    splits = data.splits
+    csv_path = Path(cfg.csv)
+    audio_root = Path(cfg.audio_root) if cfg.audio_root else csv_path.parent
     if not csv_path.is_file():
         raise PipelineError(f"{csv_path}: data.folder.csv not found")
     resolve = classes.resolver()
@@ -115,7 +86,7 @@ def list_split(params: Params, split: str, classes: ClassList) -> Listing:
             continue
         audio = row[col["audio"]].strip()
         clip_id = row[col["clip_id"]].strip() if "clip_id" in col else _derived_clip_id(audio)
-        row_split = row[col["split"]].strip() if "split" in col else _assign_split(params, clip_id)
+        row_split = row[col["split"]].strip() if "split" in col else _assign_split(splits, cfg, clip_id)
         if row_split not in splits:
             if split == splits[0]:
                 entries.append(
@@ -148,7 +119,7 @@ def list_split(params: Params, split: str, classes: ClassList) -> Listing:
         try:
             labels = resolve(row[col["labels"]])
         except UnknownLabel as err:
-            reject("unknown_label", f"label '{err}' is not in {folder.classes} (use a MID or a display name from it)")
+            reject("unknown_label", f"label '{err}' is not in {cfg.classes} (use a MID or a display name from it)")
             continue
         if not labels:
             reject("empty_labels", "the labels field is empty (every clip needs at least one label)")

@@ -11,10 +11,10 @@ The release (in `data.fsd50k.release_dir`):
 order is the class order (200 classes).
 
 Downloads are checked against the sizes and MD5 checksums of the Zenodo record. A split zip is
-reassembled into one standard zip (`FSD50K.dev_audio.unsplit.zip`): its parts are concatenated
-and the central directory is rewritten with absolute offsets (what `zip -s 0` does), so Python's
-zipfile reads it, zip64 included. Clips are then read straight out of that zip, so the WAVs are
-never unpacked to disk. An extracted release (`FSD50K.dev_audio/*.wav` ...) is used as it is.
+reassembled into one standard zip (`FSD50K.dev_audio.unsplit.zip`, pipeline/data/split_zip.py): its
+parts are concatenated and the central directory is rewritten with absolute offsets (what `zip -s 0`
+does), so Python's zipfile reads it, zip64 included. Clips are then read straight out of that zip, so
+the WAVs are never unpacked to disk. An extracted release (`FSD50K.dev_audio/*.wav` ...) is used as it is.
 
     python -m pipeline.data [--params params.yaml]    download + reassemble everything now (`fetch`)
 """
@@ -24,66 +24,38 @@ from __future__ import annotations
 import csv
 import io
 import shutil
-import struct
 import threading
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 import soundfile as sf
-from pydantic import Field, StrictBool
 
-from pipeline.core import schema
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_path
-from pipeline.core.schema import AUDIOSET_ONTOLOGY, NonNegative, Positive, Retries
+from pipeline.core.params import DataSettings
 from pipeline.data.audio import AudioProblem, read_audio
 from pipeline.data.classes import ClassList, read_ontology
 from pipeline.data.download import fetch as fetch_file
 from pipeline.data.download import fetch_json, file_lock
 from pipeline.data.listing import Item, Listing, Rejected
+from pipeline.data.sections.fsd50k import NAME as NAME  # the registry's key for this plug-in
+from pipeline.data.sections.fsd50k import FSD50KData
+from pipeline.data.split_zip import reassemble_split_zip
 
-if TYPE_CHECKING:
-    from pipeline.core.params import Params
-
-NAME = "fsd50k"
-SPLITS = ("train", "val", "eval")
 # As the official code: classes restricted in the ontology enhance nothing (pipeline.labels.enhance).
 RESTRICTED_CLASSES_ENHANCE = False
-
-
-class FSD50KData(schema.Section):
-    """The params section data.fsd50k: the official Zenodo release, downloaded or already on disk."""
-
-    source: Literal["download", "local"] = "download"
-    release_dir: str | None = None  # archives and/or extracted release; default <data.root>/downloads/fsd50k
-    base_url: str = "https://zenodo.org/records/4060432/files"
-    record_url: str = "https://zenodo.org/api/records/4060432"  # file sizes and MD5 checksums
-    ontology_url: str = AUDIOSET_ONTOLOGY
-    verify: StrictBool = True  # check sizes and checksums of downloaded archives against the record
-    dev_parts: Annotated[int, Field(ge=0, le=99)] = 5  # FSD50K.dev_audio.z01..z05 + .zip
-    eval_parts: Annotated[int, Field(ge=0, le=99)] = 1  # FSD50K.eval_audio.z01 + .zip
-    keep_archives: StrictBool = True  # False: delete the parts once reassembled
-    timeout_s: Positive = 60.0
-    retries: Retries = 3
-    backoff_s: NonNegative = 5.0
-
-
-Section = FSD50KData
 
 GROUND_TRUTH = "FSD50K.ground_truth"
 GROUND_TRUTH_FILES = ("dev.csv", "eval.csv", "vocabulary.csv")
 RECORD = "https://zenodo.org/records/4060432"
 
 
-def release_dir(params: Params) -> Path:
-    cfg = params.data.fsd50k
-    return Path(cfg.release_dir) if cfg.release_dir else Path(params.data.root) / "downloads" / "fsd50k"
+def release_dir(data: DataSettings, cfg: FSD50KData) -> Path:
+    return Path(cfg.release_dir) if cfg.release_dir else Path(data.root) / "downloads" / "fsd50k"
 
 
-def _hint(params: Params) -> str:
-    folder = release_dir(params)
+def _hint(folder: Path) -> str:
     return (
         f"no network? download the FSD50K release ({RECORD}) elsewhere and put its files in {folder}, or point "
         f"data.fsd50k.release_dir at an extracted copy and set data.fsd50k.source=local"
@@ -101,8 +73,8 @@ def archive_names(kind: str, parts: int) -> list[str]:
 class Release:
     """Fetches files of the release into release_dir, checked against the Zenodo record."""
 
-    def __init__(self, params: Params):
-        self.params, self.cfg, self.dir = params, params.data.fsd50k, release_dir(params)
+    def __init__(self, data: DataSettings, cfg: FSD50KData):
+        self.cfg, self.dir = cfg, release_dir(data, cfg)
         self._record: dict | None = None
 
     def record(self) -> dict:
@@ -114,7 +86,7 @@ class Release:
                 timeout=cfg.timeout_s,
                 retries=cfg.retries,
                 backoff=cfg.backoff_s,
-                hint=_hint(self.params),
+                hint=_hint(self.dir),
                 what="the FSD50K record (file sizes and checksums)",
             )
             files = data.get("files", []) if isinstance(data, dict) else []
@@ -152,7 +124,7 @@ class Release:
             timeout=cfg.timeout_s,
             retries=cfg.retries,
             backoff=cfg.backoff_s,
-            hint=_hint(self.params),
+            hint=_hint(self.dir),
             progress=True,
         )
 
@@ -170,12 +142,12 @@ def _safe_extract(archive: Path, folder: Path, members: list[str] | None = None)
                     shutil.copyfileobj(src, out)
 
 
-def ground_truth(params: Params) -> Path:
+def ground_truth(data: DataSettings, cfg: FSD50KData) -> Path:
     """The folder with dev.csv, eval.csv and vocabulary.csv, downloaded and extracted when missing."""
-    folder = release_dir(params) / GROUND_TRUTH
+    folder = release_dir(data, cfg) / GROUND_TRUTH
     if all((folder / f).is_file() for f in GROUND_TRUTH_FILES):
         return folder
-    release = Release(params)
+    release = Release(data, cfg)
     try:
         with file_lock(release.dir / ".ground_truth.lock"):
             if not all((folder / f).is_file() for f in GROUND_TRUTH_FILES):
@@ -193,134 +165,6 @@ def ground_truth(params: Params) -> Path:
     if missing:
         raise PipelineError(f"{folder}: {', '.join(missing)} missing after extracting {GROUND_TRUTH}.zip")
     return folder
-
-
-# ---- split zips --------------------------------------------------------------------------
-
-_EOCD = struct.Struct("<4s4H2LH")
-_Z64_LOCATOR = struct.Struct("<4sLQL")
-_Z64_EOCD = struct.Struct("<4sQ2H2L4Q")
-_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
-U16, U32 = 0xFFFF, 0xFFFFFFFF
-
-
-class SplitZipError(PipelineError):
-    pass
-
-
-def _zip64_values(extra: bytes, needs: list[str]) -> tuple[dict, bytes]:
-    """The zip64 extra field's values (for the fields set to their maximum) and the other extras."""
-    values, rest, pos = {}, b"", 0
-    while pos + 4 <= len(extra):
-        tag, size = struct.unpack_from("<2H", extra, pos)
-        body = extra[pos + 4 : pos + 4 + size]
-        if tag == 1:
-            offset = 0
-            for name in needs:
-                width = 4 if name == "disk" else 8
-                if offset + width <= len(body):
-                    values[name] = int.from_bytes(body[offset : offset + width], "little")
-                offset += width
-        else:
-            rest += extra[pos : pos + 4 + size]
-        pos += 4 + size
-    return values, rest
-
-
-def reassemble_split_zip(parts: list[Path], out: Path) -> Path:
-    """Join the parts of a split zip (.z01 .. .zip, in that order) into one standard zip at `out`."""
-    sizes = [p.stat().st_size for p in parts]
-    starts = [sum(sizes[:i]) for i in range(len(parts))]
-    with atomic_path(out) as tmp:
-        with open(tmp, "w+b") as joined:
-            for part in parts:
-                with open(part, "rb") as src:
-                    shutil.copyfileobj(src, joined, 1 << 22)
-            total = joined.tell()
-            tail_size = min(total, (1 << 16) + 4096)  # the end record, its comment, the zip64 locator
-            joined.seek(total - tail_size)
-            tail = joined.read()
-            at = tail.rfind(b"PK\x05\x06")
-            if at < 0:
-                raise SplitZipError(f"{parts[-1]}: no zip end record; is the download complete?")
-            _, _, cd_disk, _, entries, cd_size, cd_offset, _ = _EOCD.unpack_from(tail, at)
-            if at >= _Z64_LOCATOR.size and tail[at - _Z64_LOCATOR.size : at - _Z64_LOCATOR.size + 4] == b"PK\x06\x07":
-                _, z64_disk, z64_offset, _ = _Z64_LOCATOR.unpack_from(tail, at - _Z64_LOCATOR.size)
-                joined.seek(starts[z64_disk] + z64_offset if z64_disk < len(starts) else 0)
-                record = joined.read(_Z64_EOCD.size)
-                if len(record) == _Z64_EOCD.size and record[:4] == b"PK\x06\x06":
-                    fields = _Z64_EOCD.unpack(record)
-                    cd_disk, entries, cd_size, cd_offset = fields[5], fields[7], fields[8], fields[9]
-            if cd_disk >= len(starts):
-                raise SplitZipError(
-                    f"{parts[-1]}: the archive says it has more parts than the {len(parts)} given "
-                    f"(check data.fsd50k.dev_parts / eval_parts)"
-                )
-            joined.seek(starts[cd_disk] + cd_offset)
-            central = joined.read(cd_size)
-            new_cd, pos, count = bytearray(), 0, 0
-            while pos + _CENTRAL.size <= len(central) and central[pos : pos + 4] == b"PK\x01\x02":
-                fields = list(_CENTRAL.unpack_from(central, pos))
-                name_len, extra_len, comment_len = fields[12], fields[13], fields[14]
-                body = pos + _CENTRAL.size
-                name = central[body : body + name_len]
-                extra = central[body + name_len : body + name_len + extra_len]
-                comment = central[body + name_len + extra_len : body + name_len + extra_len + comment_len]
-                needs = [
-                    k for k, v in (("usize", fields[11]), ("csize", fields[10]), ("offset", fields[18])) if v == U32
-                ] + (["disk"] if fields[15] == U16 else [])
-                values, other = _zip64_values(extra, needs)
-                usize, csize = values.get("usize", fields[11]), values.get("csize", fields[10])
-                disk, rel = values.get("disk", fields[15]), values.get("offset", fields[18])
-                if disk >= len(starts):
-                    raise SplitZipError(
-                        f"{parts[-1]}: member {name[:80]!r} lies in part {disk + 1}, but only "
-                        f"{len(parts)} parts were given"
-                    )
-                absolute = starts[disk] + rel
-                joined.seek(absolute)
-                if joined.read(4) != b"PK\x03\x04":
-                    raise SplitZipError(
-                        f"{out.name}: member {name[:80]!r} not found where the archive says; "
-                        f"is a part missing, damaged or out of order?"
-                    )
-                z64 = b""
-                if fields[11] == U32:
-                    z64 += struct.pack("<Q", usize)
-                if fields[10] == U32:
-                    z64 += struct.pack("<Q", csize)
-                if absolute >= U32:
-                    z64 += struct.pack("<Q", absolute)
-                fields[18] = U32 if absolute >= U32 else absolute
-                fields[15] = 0
-                extra = (struct.pack("<2H", 1, len(z64)) + z64 if z64 else b"") + other
-                fields[13] = len(extra)
-                new_cd += _CENTRAL.pack(*fields) + name + extra + comment
-                pos = body + name_len + extra_len + comment_len
-                count += 1
-            if count != entries:
-                raise SplitZipError(
-                    f"{parts[-1]}: central directory lists {count} of {entries} members; is a part damaged?"
-                )
-            joined.seek(total)
-            cd_start = total
-            joined.write(new_cd)
-            cd_end = joined.tell()
-            if count >= U16 or cd_start >= U32 or len(new_cd) >= U32:
-                joined.write(
-                    _Z64_EOCD.pack(
-                        b"PK\x06\x06", _Z64_EOCD.size - 12, 45, 45, 0, 0, count, count, len(new_cd), cd_start
-                    )
-                )
-                joined.write(_Z64_LOCATOR.pack(b"PK\x06\x07", 0, cd_end, 1))
-            joined.write(
-                _EOCD.pack(
-                    b"PK\x05\x06", 0, 0, min(count, U16), min(count, U16), min(len(new_cd), U32), min(cd_start, U32), 0
-                )
-            )
-        with zipfile.ZipFile(tmp) as check:  # readable as a whole, or it does not become `out`
-            check.infolist()
-    return out
 
 
 # ---- audio sources -----------------------------------------------------------------------
@@ -372,9 +216,9 @@ class ZipAudio:
         return f"{self.archive}:{fname}.wav", lambda: self.read(fname)
 
 
-def audio_source(params: Params, kind: str):
+def audio_source(data: DataSettings, cfg: FSD50KData, kind: str):
     """Where the `kind` (dev | eval) clips are: an extracted folder, or the reassembled zip (made when needed)."""
-    cfg, folder = params.data.fsd50k, release_dir(params)
+    folder = release_dir(data, cfg)
     extracted = folder / f"FSD50K.{kind}_audio"
     if extracted.is_dir():
         return FolderAudio(extracted)
@@ -389,7 +233,7 @@ def audio_source(params: Params, kind: str):
             f"extracted or not (or set data.fsd50k.source=download)"
         )
     try:
-        _assemble(params, names, unsplit)
+        _assemble(data, cfg, names, unsplit)
     except OSError as err:
         raise PipelineError(
             f"{folder}: cannot write the FSD50K {kind} audio there ({err.strerror or err}); "
@@ -399,9 +243,9 @@ def audio_source(params: Params, kind: str):
     return ZipAudio(unsplit)
 
 
-def _assemble(params: Params, names: list[str], unsplit: Path) -> None:
+def _assemble(data: DataSettings, cfg: FSD50KData, names: list[str], unsplit: Path) -> None:
     """Download what is missing and reassemble, once, under a lock (several jobs may start at once)."""
-    cfg, release = params.data.fsd50k, Release(params)
+    release = Release(data, cfg)
     with file_lock(release.dir / f".{unsplit.stem}.lock"):
         if not unsplit.is_file():
             parts = [release.get(n) for n in names]
@@ -431,10 +275,10 @@ def read_vocabulary(path: Path) -> ClassList:
     return ClassList(tuple(r[2] for r in rows), tuple(r[1] for r in rows))
 
 
-def class_metadata(params: Params) -> tuple[ClassList, list[dict]]:
+def class_metadata(data: DataSettings, cfg: FSD50KData) -> tuple[ClassList, list[dict]]:
     """The 200 classes in vocabulary order; the AudioSet ontology (FSD50K's vocabulary is drawn from it)."""
-    classes = read_vocabulary(ground_truth(params) / "vocabulary.csv")
-    cfg, folder = params.data.fsd50k, release_dir(params)
+    classes = read_vocabulary(ground_truth(data, cfg) / "vocabulary.csv")
+    folder = release_dir(data, cfg)
     dest = folder / "ontology.json"
     if not dest.is_file():
         if cfg.source == "local":
@@ -453,10 +297,10 @@ def class_metadata(params: Params) -> tuple[ClassList, list[dict]]:
     return classes, read_ontology(dest)
 
 
-def list_split(params: Params, split: str, classes: ClassList) -> Listing:
+def list_split(data: DataSettings, cfg: FSD50KData, split: str, classes: ClassList) -> Listing:
     if split not in ("train", "val", "eval"):
         raise PipelineError(f"data.splits: FSD50K has the splits train, val, eval (got '{split}')")
-    truth = ground_truth(params)
+    truth = ground_truth(data, cfg)
     kind = "eval" if split == "eval" else "dev"
     path = truth / f"{kind}.csv"
     with open(path, newline="") as handle:
@@ -467,7 +311,7 @@ def list_split(params: Params, split: str, classes: ClassList) -> Listing:
         raise PipelineError(f"{path}: expected the columns {','.join(needed)} (FSD50K ground truth); found {header}")
     col = {name: i for i, name in enumerate(header)}
     known = set(classes.mids)
-    source = audio_source(params, kind)
+    source = audio_source(data, cfg, kind)
     entries, seen = [], set()
     for line, row in enumerate(rows[1:], start=2):
         if not any(c.strip() for c in row):
@@ -502,12 +346,12 @@ def list_split(params: Params, split: str, classes: ClassList) -> Listing:
     return Listing(split, entries)
 
 
-def fetch(params: Params) -> list[str]:
+def fetch(data: DataSettings, cfg: FSD50KData) -> list[str]:
     """Download (or check) the release and reassemble its split zips now, ahead of prepare."""
-    folder = ground_truth(params)
+    folder = ground_truth(data, cfg)
     read_vocabulary(folder / "vocabulary.csv")
     lines = []
     for kind in ("dev", "eval"):
-        source = audio_source(params, kind)
+        source = audio_source(data, cfg, kind)
         lines.append(f"FSD50K {kind} audio: {getattr(source, 'archive', None) or source.folder}")
     return lines

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from pipeline.core.errors import PipelineError
+from pipeline.training.checkpoint import CHECKPOINT_FORMAT, check_checkpoint, load_checkpoint, model_from_checkpoint
 from pipeline.training.loader import FeatureDataset, Normaliser, aligned_weights, device_batches, train_loader
 from pipeline.training.sampler import epoch_seed
-from pipeline.training.train import CHECKPOINT_FORMAT, load_checkpoint, model_from_checkpoint
 
 EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
 RESUME_ONLY = ("optimizer", "scaler", "sampler")  # training state with no meaning for an average
@@ -65,48 +65,6 @@ def select_epochs(run_dir: str | Path, wa_start: int, wa_end: int) -> list[Path]
     return [present[e] for e in range(wa_start, wa_end + 1)]
 
 
-def _architecture(payload: dict) -> dict:
-    config = payload.get("model_config") or {}
-    return {"name": config.get("name"), "heads": config.get("heads"), "classes": len(payload.get("class_ids", []))}
-
-
-def _arch_text(arch: dict) -> str:
-    return f"{arch['name']}, {arch['heads']} heads, {arch['classes']} classes"
-
-
-def _check_compatible(path: Path, payload: dict, first_path: Path, first: dict) -> None:
-    a, b = _architecture(payload), _architecture(first)
-    if a != b:
-        raise PipelineError(
-            f"{path}: a different architecture ({_arch_text(a)}) from {first_path} ({_arch_text(b)}); "
-            "weight averaging needs checkpoints of one model"
-        )
-    if list(payload["class_ids"]) != list(first["class_ids"]):
-        raise PipelineError(
-            f"{path}: its class ids differ from those of {first_path}; weight averaging needs "
-            "checkpoints of one class list"
-        )
-    state, ref = payload["model"], first["model"]
-    if state.keys() != ref.keys():
-        extra = sorted(set(state) ^ set(ref))[0]
-        raise PipelineError(
-            f"{path}: a different architecture from {first_path} (tensor '{extra}' is in only one); "
-            "weight averaging needs checkpoints of one model"
-        )
-    for name, tensor in state.items():
-        if tensor.shape != ref[name].shape or tensor.dtype != ref[name].dtype:
-            raise PipelineError(
-                f"{path}: a different architecture from {first_path} (tensor '{name}' is "
-                f"{list(tensor.shape)} {tensor.dtype}, there {list(ref[name].shape)} "
-                f"{ref[name].dtype}); weight averaging needs checkpoints of one model"
-            )
-    if dict(payload.get("norm") or {}) != dict(first.get("norm") or {}):
-        raise PipelineError(
-            f"{path}: trained with other normalisation stats than {first_path}; weight averaging "
-            "needs checkpoints of one run"
-        )
-
-
 def average_checkpoints(paths: Sequence[str | Path]) -> dict:
     """The exact mean of the model weights of `paths` (checkpoints of one model), as a checkpoint payload.
 
@@ -138,11 +96,11 @@ def average_checkpoints(paths: Sequence[str | Path]) -> dict:
             )
         identities[identity] = path
         epochs.append(payload.get("epoch"))
+        check_checkpoint(path, payload, "weight averaging", like=first, like_path=first_path)
         if first is None:
             first, first_path = {k: v for k, v in payload.items() if k not in RESUME_ONLY}, path
             sums = {k: v.to(torch.float64).clone() for k, v in payload["model"].items() if v.is_floating_point()}
         else:
-            _check_compatible(path, payload, first_path, first)
             for name, acc in sums.items():
                 acc.add_(payload["model"][name].to(torch.float64))
     n = len(paths)

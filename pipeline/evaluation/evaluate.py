@@ -18,7 +18,7 @@ reused); the checkpoint ensemble is accumulated epoch by epoch in float64, so me
 `[N, C]` arrays whatever the number of epochs. Ensembles average probabilities (float64 sum, then
 float32). Labels come from the features files (the same file the scores come from, so clips align).
 
-Metrics per model: macro mAP, mean AUC, d-prime (pipeline.evaluation.score), the parameter count (for an
+Metrics per model: macro mAP, mean AUC, d-prime (pipeline.core.metrics), the parameter count (for an
 ensemble, the sum over its members: what inference runs) and the number of members.
 """
 
@@ -30,6 +30,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -38,18 +39,21 @@ import torch
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_write_json, atomic_write_text
 from pipeline.core.metric_values import NO_POSITIVES, json_ready, value_text
+from pipeline.core.metrics import evaluate
 from pipeline.core.predictions import write_predictions
 from pipeline.data.classes import ClassList
 from pipeline.evaluation import plots
 from pipeline.evaluation.average import epoch_files
-from pipeline.evaluation.score import evaluate
+from pipeline.training.checkpoint import check_checkpoint, load_checkpoint, load_header, model_from_checkpoint
 from pipeline.training.loader import Normaliser
 from pipeline.training.model import count_parameters
-from pipeline.training.train import load_checkpoint, model_from_checkpoint, predict
+from pipeline.training.predict import predict
 
 SEED_ENSEMBLE = "seed-ensemble"
 EXTRA_ENSEMBLE = "extra-ensemble"
 KINDS = ("best", "last", "wa", "checkpoint-ensemble")
+# the kinds drawn as levels beside the per-epoch curves
+LEVEL_KINDS = ("wa", "checkpoint-ensemble", SEED_ENSEMBLE, EXTRA_ENSEMBLE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,22 +172,14 @@ class Predictor:
         self.calls: list[str] = []
 
     def check(self, path: Path, payload: dict) -> None:
-        if list(payload["class_ids"]) != list(self.classes.mids):
-            raise PipelineError(
-                f"{path}: the checkpoint's {len(payload['class_ids'])} classes differ from the "
-                f"{len(self.classes)} of the class list; evaluate models trained on this class list"
-            )
-        for split in self.splits:
-            if (
-                split.fbank_options is not None
-                and payload.get("fbank_options") is not None
-                and json.dumps(split.fbank_options, sort_keys=True)
-                != json.dumps(payload["fbank_options"], sort_keys=True)
-            ):
-                raise PipelineError(
-                    f"{path}: trained on features of other fbank options than {split.features}; "
-                    "recompute the features with the run's features params"
-                )
+        """The checkpoint fits the class list and every split's features (one-line errors otherwise)."""
+        check_checkpoint(
+            path,
+            payload,
+            "evaluation",
+            class_ids=self.classes.mids,
+            features={str(split.features): split.fbank_options for split in self.splits},
+        )
 
     def __call__(self, path: str | Path, payload: dict | None = None) -> tuple[dict[str, np.ndarray], int]:
         """`({split: scores [N, C] float32}, parameter count)` of one checkpoint."""
@@ -270,8 +266,9 @@ def _metrics(split: Split, scores: np.ndarray, classes: ClassList) -> dict:
 
 
 def _header_epoch(path: Path) -> tuple:
-    payload = load_checkpoint(path)
-    return payload.get("epoch"), payload.get("fingerprint")
+    """`(epoch, fingerprint)` of a checkpoint, read without its weights."""
+    header = load_header(path)
+    return header.get("epoch"), header.get("fingerprint")
 
 
 def run_labels(run_dirs: Sequence[str | Path]) -> list[str]:
@@ -293,6 +290,27 @@ def evaluate_runs(
 ) -> Evaluation:
     """Predict and score every model and ensemble of the module docstring on every split."""
 
+    labels = check_inputs(run_dirs, wa_paths, extra_members)
+    runs = [
+        score_run(params, label, run_dir, wa_path, splits, classes, predictor)
+        for label, run_dir, wa_path in zip(labels, map(Path, run_dirs), map(Path, wa_paths))
+    ]
+    entries = {entry.name: entry for run in runs for entry in run.entries}
+    extras = [Path(p) for p in extra_members]
+    for spec in ensembles_over_runs(runs, extras, predictor):
+        entries[spec.name] = ensemble_entry(spec)
+    for entry in entries.values():
+        for split in splits:
+            entry.metrics[split.name] = _metrics(split, entry.scores[split.name], classes)
+    return Evaluation(
+        splits, classes, entries, [run.result for run in runs], [str(p) for p in extras], len(predictor.calls)
+    )
+
+
+def check_inputs(
+    run_dirs: Sequence[str | Path], wa_paths: Sequence[str | Path], extra_members: Sequence[str | Path]
+) -> list[str]:
+    """The runs' labels (their folders' names); a one-line error for a missing input, before hours of predicting."""
     if not run_dirs:
         raise PipelineError("no run to evaluate (pass --runs)")
     if len(wa_paths) != len(run_dirs):
@@ -301,7 +319,7 @@ def evaluate_runs(
             "pass one per run, in the same order"
         )
     labels = run_labels(run_dirs)
-    for run_dir, wa_path in zip(map(Path, run_dirs), map(Path, wa_paths)):  # fail before hours of predicting
+    for run_dir, wa_path in zip(map(Path, run_dirs), map(Path, wa_paths)):
         if not epoch_files(run_dir):
             raise PipelineError(f"{run_dir}: no epoch_NNN.pt checkpoint (run the train stage first)")
         if not wa_path.is_file():
@@ -309,105 +327,180 @@ def evaluate_runs(
     for path in map(Path, extra_members):
         if not path.exists():
             raise PipelineError(f"evaluate.extra_members: {path}: checkpoint not found")
-    entries: dict[str, Entry] = {}
-    runs: list[RunResult] = []
-    wa_scores = []
-    for label, run_dir, wa_path in zip(labels, map(Path, run_dirs), map(Path, wa_paths)):
-        epochs = epoch_files(run_dir)
-        named = {kind: run_dir / f"{kind}.pt" for kind in ("best", "last")}
-        for path in named.values():
-            if not path.is_file():
-                raise PipelineError(f"{path}: checkpoint not found (the train stage writes it; rerun it)")
-        wanted = {kind: _header_epoch(path) for kind, path in named.items()}
-        found: dict[str, dict[str, np.ndarray]] = {}
-        run_mean = _Mean()
-        epoch_mAP: dict[str, dict[int, float]] = {s.name: {} for s in splits}
-        n_params = seed = None
-        for epoch, path in epochs.items():
-            payload = load_checkpoint(path)
-            seed = payload.get("seed", seed)
-            scores, n_params = predictor(path, payload)
-            del payload
-            run_mean.add(scores)
-            for split in splits:
-                epoch_mAP[split.name][epoch] = _metrics(split, scores[split.name], classes)["mAP"]
-            for kind, identity in wanted.items():
-                if identity[0] == epoch and kind not in found:
-                    found[kind] = scores
-        for kind, path in named.items():
-            if kind not in found:  # its epoch file is gone: run the file itself
-                found[kind], _ = predictor(path)
-            detail = {"epoch": wanted[kind][0]}
-            if kind == "best" and params.data.validates_on_eval:
-                detail["chosen_on_eval"] = True  # marked wherever it is reported: not a clean eval number
-            entries[f"{label}/{kind}"] = Entry(f"{label}/{kind}", kind, 1, n_params, found[kind], detail)
-        wa_payload = load_checkpoint(wa_path)
-        if not wa_payload.get("averaged_epochs"):
-            raise PipelineError(f"{wa_path}: not a weight-averaged checkpoint (run the average stage on {run_dir})")
-        scores, wa_params = predictor(wa_path, wa_payload)
-        averaged = [e for e in wa_payload["averaged_epochs"]]
-        entries[f"{label}/wa"] = Entry(
-            f"{label}/wa",
-            "wa",
-            1,
-            wa_params,
-            scores,
-            {
-                "averaged_epochs": len(averaged),
-                "epochs": f"{min(averaged)}-{max(averaged)}" if averaged else "",
-                "bn_reestimated_batches": wa_payload.get("bn_reestimated_batches", 0),
-            },
-        )
-        wa_scores.append((wa_path, scores, wa_params))
-        entries[f"{label}/checkpoint-ensemble"] = Entry(
-            f"{label}/checkpoint-ensemble",
-            "checkpoint-ensemble",
-            run_mean.count,
-            n_params * run_mean.count,
-            run_mean.mean(),
-            {"epochs": f"{min(epochs)}-{max(epochs)}"},
-        )
-        runs.append(RunResult(label, run_dir, seed, list(epochs), epoch_mAP))
+    return labels
 
-    entries[SEED_ENSEMBLE] = Entry(
-        SEED_ENSEMBLE,
-        SEED_ENSEMBLE,
-        len(wa_scores),
-        sum(p for _, _, p in wa_scores),
-        ensemble([s for _, s, _ in wa_scores]),
-    )
-    extras = [Path(p) for p in extra_members]
-    if extras:
-        members = list(wa_scores)
-        used = {p.resolve(): p for p, _, _ in wa_scores}
-        for path in extras:
-            if path.is_dir():
-                raise PipelineError(
-                    f"evaluate.extra_members: {path} is a folder; name a checkpoint file (e.g. {path / 'wa.pt'})"
-                )
-            if path.resolve() in used:
-                raise PipelineError(
-                    f"evaluate.extra_members: {path} is already a member ({used[path.resolve()]}); "
-                    "each model counts once"
-                )
-            used[path.resolve()] = path
-            try:
-                scores, n = predictor(path)
-            except PipelineError as err:
-                raise PipelineError(f"evaluate.extra_members: {err}") from None
-            members.append((path, scores, n))
-        entries[EXTRA_ENSEMBLE] = Entry(
-            EXTRA_ENSEMBLE,
-            EXTRA_ENSEMBLE,
-            len(members),
-            sum(p for _, _, p in members),
-            ensemble([s for _, s, _ in members]),
-            {"extra_members": [str(p) for p in extras]},
-        )
-    for entry in entries.values():
+
+# ----------------------------------------------------------------------------------------------
+# one run's models
+
+
+@dataclass
+class Member:
+    """One model an ensemble can average: its checkpoint, its predictions on every split, its parameter count."""
+
+    path: Path
+    scores: dict[str, np.ndarray]
+    parameters: int
+
+
+@dataclass
+class ScoredRun:
+    """One run, predicted: its entries (`<run>/best`, `/last`, `/wa`, `/checkpoint-ensemble`), its models by
+    kind (best, last, wa: what the ensembles over runs draw on) and its mAP per epoch."""
+
+    result: RunResult
+    entries: list[Entry]
+    models: dict[str, Member]
+
+
+@dataclass
+class EpochPass:
+    """One pass over a run's epoch checkpoints: the running mean of their predictions (the checkpoint
+    ensemble), each epoch's mAP per split, the predictions of the epochs asked for (best's and last's, so
+    those are not run again), the run's seed and the parameter count (the same at every epoch)."""
+
+    epochs: list[int]
+    mean: _Mean
+    epoch_mAP: dict[str, dict[int, float]]
+    kept: dict[int, dict[str, np.ndarray]]
+    seed: int | None
+    parameters: int
+
+
+def score_run(
+    params, label: str, run_dir: Path, wa_path: Path, splits: list[Split], classes: ClassList, predictor: Predictor
+) -> ScoredRun:
+    """Run every checkpoint of one run once, and build its four entries (without metrics)."""
+    named = best_and_last(run_dir)
+    epoch_of = {kind: _header_epoch(path)[0] for kind, path in named.items()}
+    passed = predict_epochs(run_dir, set(epoch_of.values()), splits, classes, predictor)
+    models, details = {}, {}
+    for kind, path in named.items():
+        scores = passed.kept.get(epoch_of[kind])
+        if scores is None:  # its epoch file is gone: run the file itself
+            scores, _ = predictor(path)
+        models[kind] = Member(path, scores, passed.parameters)
+        details[kind] = {"epoch": epoch_of[kind]}
+    if params.data.validates_on_eval:
+        details["best"]["chosen_on_eval"] = True  # marked wherever it is reported: not a clean eval number
+    models["wa"], details["wa"] = weight_averaged(run_dir, wa_path, predictor)
+    entries = [Entry(f"{label}/{kind}", kind, 1, m.parameters, m.scores, details[kind]) for kind, m in models.items()]
+    entries.append(checkpoint_ensemble(label, passed))
+    return ScoredRun(RunResult(label, run_dir, passed.seed, passed.epochs, passed.epoch_mAP), entries, models)
+
+
+def best_and_last(run_dir: Path) -> dict[str, Path]:
+    named = {kind: run_dir / f"{kind}.pt" for kind in ("best", "last")}
+    for path in named.values():
+        if not path.is_file():
+            raise PipelineError(f"{path}: checkpoint not found (the train stage writes it; rerun it)")
+    return named
+
+
+def predict_epochs(
+    run_dir: Path, keep: set, splits: list[Split], classes: ClassList, predictor: Predictor
+) -> EpochPass:
+    """Every epoch checkpoint of `run_dir`, run once, in epoch order; the predictions of the epochs in `keep`
+    are kept, the others only added to the mean (memory holds a few `[N, C]` arrays whatever the epochs)."""
+    files = epoch_files(run_dir)
+    mean, kept = _Mean(), {}
+    epoch_mAP: dict[str, dict[int, float]] = {s.name: {} for s in splits}
+    parameters = seed = None
+    for epoch, path in files.items():
+        payload = load_checkpoint(path)
+        seed = payload.get("seed", seed)
+        scores, parameters = predictor(path, payload)
+        del payload  # one checkpoint in memory at a time
+        mean.add(scores)
         for split in splits:
-            entry.metrics[split.name] = _metrics(split, entry.scores[split.name], classes)
-    return Evaluation(splits, classes, entries, runs, [str(p) for p in extras], len(predictor.calls))
+            epoch_mAP[split.name][epoch] = _metrics(split, scores[split.name], classes)["mAP"]
+        if epoch in keep:
+            kept[epoch] = scores
+    return EpochPass(list(files), mean, epoch_mAP, kept, seed, parameters)
+
+
+def weight_averaged(run_dir: Path, wa_path: Path, predictor: Predictor) -> tuple[Member, dict]:
+    """The run's weight-averaged model (the average stage's checkpoint), and the detail its entry reports."""
+    payload = load_checkpoint(wa_path)
+    if not payload.get("averaged_epochs"):
+        raise PipelineError(f"{wa_path}: not a weight-averaged checkpoint (run the average stage on {run_dir})")
+    scores, parameters = predictor(wa_path, payload)
+    averaged = list(payload["averaged_epochs"])
+    detail = {
+        "averaged_epochs": len(averaged),
+        "epochs": f"{min(averaged)}-{max(averaged)}",
+        "bn_reestimated_batches": payload.get("bn_reestimated_batches", 0),
+    }
+    return Member(wa_path, scores, parameters), detail
+
+
+def checkpoint_ensemble(label: str, passed: EpochPass) -> Entry:
+    count = passed.mean.count
+    return Entry(
+        f"{label}/checkpoint-ensemble",
+        "checkpoint-ensemble",
+        count,
+        passed.parameters * count,
+        passed.mean.mean(),
+        {"epochs": f"{min(passed.epochs)}-{max(passed.epochs)}"},
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# the ensembles over runs
+
+
+class EnsembleSpec(NamedTuple):
+    """An ensemble to build: its name (also its kind), its members, and the detail its entry reports."""
+
+    name: str
+    members: list[Member]
+    detail: dict
+
+
+def ensembles_over_runs(runs: list[ScoredRun], extras: list[Path], predictor: Predictor) -> list[EnsembleSpec]:
+    """The seed ensemble (the runs' weight-averaged models) and, with evaluate.extra_members, the extra
+    ensemble (those models and the extra checkpoints, each run here)."""
+    wa = [run.models["wa"] for run in runs]
+    specs = [EnsembleSpec(SEED_ENSEMBLE, wa, {})]
+    if extras:
+        members = [*wa, *extra_models(extras, wa, predictor)]
+        specs.append(EnsembleSpec(EXTRA_ENSEMBLE, members, {"extra_members": [str(p) for p in extras]}))
+    return specs
+
+
+def extra_models(paths: list[Path], taken: list[Member], predictor: Predictor) -> list[Member]:
+    """The checkpoints of evaluate.extra_members, predicted; each model counts once in an ensemble."""
+    used = {m.path.resolve(): m.path for m in taken}
+    models = []
+    for path in paths:
+        if path.is_dir():
+            raise PipelineError(
+                f"evaluate.extra_members: {path} is a folder; name a checkpoint file (e.g. {path / 'wa.pt'})"
+            )
+        if path.resolve() in used:
+            raise PipelineError(
+                f"evaluate.extra_members: {path} is already a member ({used[path.resolve()]}); each model counts once"
+            )
+        used[path.resolve()] = path
+        try:
+            scores, parameters = predictor(path)
+        except PipelineError as err:
+            raise PipelineError(f"evaluate.extra_members: {err}") from None
+        models.append(Member(path, scores, parameters))
+    return models
+
+
+def ensemble_entry(spec: EnsembleSpec) -> Entry:
+    """The mean of the members' predictions; its parameters are the sum of theirs (what inference runs)."""
+    return Entry(
+        spec.name,
+        spec.name,
+        len(spec.members),
+        sum(m.parameters for m in spec.members),
+        ensemble([m.scores for m in spec.members]),
+        spec.detail,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -464,19 +557,21 @@ def _params_text(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.0f}k" if n >= 1000 else str(n)
 
 
+def _shown_name(name: str, entry: Entry) -> str:
+    """The model column of the table: the name, and the epoch or epochs the model is made of."""
+    if entry.detail.get("chosen_on_eval"):
+        return f"{name} (epoch {entry.detail['epoch']}, chosen on eval*)"
+    if "epoch" in entry.detail:
+        return f"{name} (epoch {entry.detail['epoch']})"
+    if entry.kind in ("wa", "checkpoint-ensemble"):
+        return f"{name} (epochs {entry.detail['epochs']})"
+    return name
+
+
 def summary_table(result: Evaluation, split: Split) -> str:
     """The paper's table: model, members, parameters, mAP, AUC, d-prime."""
     first = next(iter(result.entries.values())).metrics[split.name]
-    shown = {}
-    for name, entry in result.entries.items():
-        if entry.detail.get("chosen_on_eval"):
-            shown[name] = f"{name} (epoch {entry.detail['epoch']}, chosen on eval*)"
-        elif "epoch" in entry.detail:
-            shown[name] = f"{name} (epoch {entry.detail['epoch']})"
-        elif entry.kind in ("wa", "checkpoint-ensemble"):
-            shown[name] = f"{name} (epochs {entry.detail['epochs']})"
-        else:
-            shown[name] = name
+    shown = {name: _shown_name(name, entry) for name, entry in result.entries.items()}
     width = max(len("model"), *map(len, shown.values()))
     lines = [
         f"split {split.name}: {first['n_clips']} clips, {first['n_scored_classes']} of {first['n_classes']} "
@@ -525,7 +620,20 @@ def write_outputs(
 
     out_dir = Path(out_dir)
     plots_dir = Path(plots_dir) if plots_dir else out_dir / "plots"
-    predictions_dir = Path(predictions_dir) if predictions_dir else out_dir / "predictions"
+    predictions = write_prediction_files(result, Path(predictions_dir) if predictions_dir else out_dir / "predictions")
+    metrics = out_dir / "eval.json"
+    atomic_write_json(metrics, metrics_document(result))
+    per_class = {split.name: out_dir / f"per_class_ap_{split.name}.csv" for split in result.splits}
+    for split in result.splits:
+        atomic_write_text(per_class[split.name], per_class_csv(result, split))
+    summary = out_dir / "summary.txt"
+    atomic_write_text(summary, "\n\n".join(summary_table(result, s) for s in result.splits) + "\n")
+    written = [path for split in result.splits for path in split_plots(result, split, plots_dir / split.name)]
+    return Outputs(metrics, per_class, summary, predictions, written)
+
+
+def write_prediction_files(result: Evaluation, predictions_dir: Path) -> dict[str, dict[str, Path]]:
+    """Every model's predictions on every split, `<predictions_dir>/<split>/<model>.npz`: split -> model -> path."""
     predictions: dict[str, dict[str, Path]] = {}
     for split in result.splits:
         predictions[split.name] = {}
@@ -533,46 +641,31 @@ def write_outputs(
             path = predictions_dir / split.name / f"{name}.npz"
             write_predictions(path, entry.scores[split.name], split.clip_ids, result.classes.mids)
             predictions[split.name][name] = path
-    metrics = out_dir / "eval.json"
-    atomic_write_json(metrics, metrics_document(result))
-    per_class = {}
-    for split in result.splits:
-        per_class[split.name] = out_dir / f"per_class_ap_{split.name}.csv"
-        atomic_write_text(per_class[split.name], per_class_csv(result, split))
-    summary = out_dir / "summary.txt"
-    atomic_write_text(summary, "\n\n".join(summary_table(result, s) for s in result.splits) + "\n")
-    written = []
-    headline = EXTRA_ENSEMBLE if EXTRA_ENSEMBLE in result.entries else SEED_ENSEMBLE
-    for split in result.splits:
-        folder = plots_dir / split.name
-        entry = result.entries[headline]
-        written += plots.per_class_ap(
-            folder / "per_class_ap",
-            split.labels,
-            entry.metrics[split.name],
-            result.classes,
-            f"{headline}, {split.name}",
-        )
-        written += plots.pr_curves(
-            folder / "pr_curves",
-            split.labels,
-            entry.scores[split.name],
-            entry.metrics[split.name],
-            result.classes,
-            f"{headline}, {split.name}",
-        )
-        levels = {
-            name: e.metrics[split.name]["mAP"]
-            for name, e in result.entries.items()
-            if e.kind in ("wa", "checkpoint-ensemble", SEED_ENSEMBLE, EXTRA_ENSEMBLE)
-        }
-        written += plots.map_per_epoch(
+    return predictions
+
+
+def headline_model(result: Evaluation) -> str:
+    """The model the per-class plots show: the largest ensemble evaluated."""
+    return EXTRA_ENSEMBLE if EXTRA_ENSEMBLE in result.entries else SEED_ENSEMBLE
+
+
+def split_plots(result: Evaluation, split: Split, folder: Path) -> list[Path]:
+    """One split's plots: the headline model's per-class AP and precision-recall curves, and each run's mAP
+    per epoch beside the levels of the weight-averaged models and the ensembles."""
+    headline = headline_model(result)
+    entry = result.entries[headline]
+    metrics, title = entry.metrics[split.name], f"{headline}, {split.name}"
+    levels = {name: e.metrics[split.name]["mAP"] for name, e in result.entries.items() if e.kind in LEVEL_KINDS}
+    return [
+        *plots.per_class_ap(folder / "per_class_ap", split.labels, metrics, result.classes, title),
+        *plots.pr_curves(folder / "pr_curves", split.labels, entry.scores[split.name], metrics, result.classes, title),
+        *plots.map_per_epoch(
             folder / "map_per_epoch",
             {r.label: r.epoch_mAP[split.name] for r in result.runs},
             levels,
             f"mAP per epoch, {split.name}",
-        )
-    return Outputs(metrics, per_class, summary, predictions, written)
+        ),
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -596,33 +689,10 @@ def find_train_runs(run, seeds: Sequence[int | None]) -> dict[int, str]:
 def log_evaluation(run, result: Evaluation, outputs: Outputs) -> dict[int, str]:
     """Metrics, tags (the seed runs summarised) and artifacts of one evaluation, on an MLflow run."""
     train_runs = find_train_runs(run, [r.seed for r in result.runs])
-    tags = {"runs": ",".join(r.label for r in result.runs), "seeds": ",".join(str(r.seed) for r in result.runs)}
-    for r in result.runs:
-        if r.seed in train_runs:
-            tags[f"train_run.{r.label}"] = train_runs[r.seed]
-    if train_runs:
-        tags["summarises"] = ",".join(train_runs[r.seed] for r in result.runs if r.seed in train_runs)
-    run.set_tags(tags)
-    metrics, notes = {}, {}
+    run.set_tags(run_tags(result, train_runs))
     for split in result.splits:
-        for name, entry in result.entries.items():
-            m = entry.metrics[split.name]
-            for key in ("mAP", "mAUC", "d_prime"):
-                # a null value is not logged; Run.log_metrics tags the run with its note instead
-                metrics[f"{split.name}/{name}/{key}"] = m[key]
-                if m.get(f"{key}_note"):
-                    notes[f"{split.name}/{name}/{key}"] = m[f"{key}_note"]
-        epochs = sorted({e for r in result.runs for e in r.epoch_mAP[split.name]})
-        for epoch in epochs:
-            run.log_metrics(
-                {
-                    f"{split.name}/{r.label}/epoch_mAP": r.epoch_mAP[split.name][epoch]
-                    for r in result.runs
-                    if epoch in r.epoch_mAP[split.name]
-                },
-                step=epoch,
-                notes={f"{split.name}/{r.label}/epoch_mAP": NO_POSITIVES for r in result.runs},
-            )
+        log_epoch_curves(run, result, split)
+    metrics, notes = entry_metrics(result)
     run.log_metrics(metrics, notes=notes)
     run.log_params({"extra_members": ",".join(result.extra_members) or "none"})
     run.log_artifact(outputs.metrics)
@@ -632,3 +702,43 @@ def log_evaluation(run, result: Evaluation, outputs: Outputs) -> dict[int, str]:
     for path in outputs.plots:
         run.log_artifact(path, f"plots/{path.parent.name}")
     return train_runs
+
+
+def run_tags(result: Evaluation, train_runs: dict[int, str]) -> dict[str, str]:
+    """The runs and seeds evaluated, and the train stage's run of each seed (what this evaluation summarises)."""
+    tags = {"runs": ",".join(r.label for r in result.runs), "seeds": ",".join(str(r.seed) for r in result.runs)}
+    for r in result.runs:
+        if r.seed in train_runs:
+            tags[f"train_run.{r.label}"] = train_runs[r.seed]
+    if train_runs:
+        tags["summarises"] = ",".join(train_runs[r.seed] for r in result.runs if r.seed in train_runs)
+    return tags
+
+
+def log_epoch_curves(run, result: Evaluation, split: Split) -> None:
+    """Each run's mAP per epoch on `split`, one step per epoch."""
+    epochs = sorted({e for r in result.runs for e in r.epoch_mAP[split.name]})
+    for epoch in epochs:
+        run.log_metrics(
+            {
+                f"{split.name}/{r.label}/epoch_mAP": r.epoch_mAP[split.name][epoch]
+                for r in result.runs
+                if epoch in r.epoch_mAP[split.name]
+            },
+            step=epoch,
+            notes={f"{split.name}/{r.label}/epoch_mAP": NO_POSITIVES for r in result.runs},
+        )
+
+
+def entry_metrics(result: Evaluation) -> tuple[dict[str, float | None], dict[str, str]]:
+    """`<split>/<model>/<metric>` of every model and ensemble, and the note of each null value."""
+    metrics, notes = {}, {}
+    for split in result.splits:
+        for name, entry in result.entries.items():
+            m = entry.metrics[split.name]
+            for key in ("mAP", "mAUC", "d_prime"):
+                # a null value is not logged; Run.log_metrics tags the run with its note instead
+                metrics[f"{split.name}/{name}/{key}"] = m[key]
+                if m.get(f"{key}_note"):
+                    notes[f"{split.name}/{name}/{key}"] = m[f"{key}_note"]
+    return metrics, notes

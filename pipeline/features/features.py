@@ -23,6 +23,7 @@ import torchaudio.compliance.kaldi as kaldi
 from tqdm import tqdm
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.features_layout import CONTENT_DIGEST, DATASETS
 from pipeline.core.io import atomic_path, remove_stale_temporaries
 from pipeline.core.params import Features
 from pipeline.core.report import StageReport
@@ -30,7 +31,6 @@ from pipeline.core.shards import shard_slice
 from pipeline.data.audio import SAMPLE_RATE, AudioProblem, check_wave
 from pipeline.data.classes import ClassList
 from pipeline.data.manifest import Entry
-from pipeline.features.layout import CONTENT_DIGEST, DATASETS
 
 # The paper's fbank: fixed options (docs/recipe.md, "Features"); frame geometry and mel bins come from params.
 KALDI_OPTIONS = {"htk_compat": True, "use_energy": False, "window_type": "hanning", "dither": 0.0}

@@ -11,12 +11,14 @@ on that many training batches (augmented as in training), which needs --train-fe
 
 from pathlib import Path
 
-from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.cli import params_parser, run
 from pipeline.core.errors import PipelineError
 from pipeline.core.tracking import stage_run
+from pipeline.data.params import load_from_args
 from pipeline.evaluation.average import average_checkpoints, reestimate_payload_batchnorm, select_epochs
 from pipeline.labels.weights import weights_by_clip
-from pipeline.training.train import Distributed, resolve_device, save_checkpoint
+from pipeline.training.checkpoint import save_checkpoint
+from pipeline.training.device import resolve_device
 
 
 def main(argv=None):
@@ -42,7 +44,7 @@ def main(argv=None):
         with stage_run(params, "average", {"seed": seed}) as run_:
             if cfg.bn_batches:
                 weights = weights_by_clip(args.weights) if args.weights else None
-                device = resolve_device(params, Distributed())
+                device = resolve_device(params.train.device)
                 payload = reestimate_payload_batchnorm(payload, params, args.train_features, weights, device)
             save_checkpoint(Path(args.out), payload)
             run_.log_params({"run_dir": args.run, "averaged_epochs": f"{cfg.wa_start}-{cfg.wa_end}"})

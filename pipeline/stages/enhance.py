@@ -19,12 +19,13 @@ import io
 import shutil
 from pathlib import Path
 
-from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.cli import params_parser, run
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_path, atomic_write_json, atomic_write_text
 from pipeline.core.predictions import load_scores_for
 from pipeline.core.tracking import stage_run
 from pipeline.data.classes import read_ontology
+from pipeline.data.params import load_from_args
 from pipeline.data.registry import selected
 from pipeline.labels.enhance import build_relations, enhance_labels, labels_of, restricted_classes
 from pipeline.labels.plan import label_plan

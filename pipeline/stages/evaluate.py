@@ -19,11 +19,12 @@ the pipeline execution's parent run gets the headline eval mAPs and ends (`pipel
 
 from pathlib import Path
 
-from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.cli import params_parser, run
 from pipeline.core.errors import PipelineError
 from pipeline.core.pipeline_run import finish_pipeline, headline_metrics
 from pipeline.core.tracking import stage_run
 from pipeline.data.classes import read_classes
+from pipeline.data.params import load_from_args
 from pipeline.evaluation.evaluate import (
     Predictor,
     evaluate_runs,
@@ -33,7 +34,7 @@ from pipeline.evaluation.evaluate import (
     write_outputs,
 )
 from pipeline.tagging.mlflow_model import log_evaluated_models
-from pipeline.training.train import Distributed, resolve_device
+from pipeline.training.device import resolve_device
 
 
 def main(argv=None):
@@ -75,7 +76,7 @@ def main(argv=None):
         ]
         if not splits:
             raise PipelineError("evaluate.splits is empty: name the splits to evaluate (e.g. [eval, val])")
-        device = resolve_device(params, Distributed())
+        device = resolve_device(params.train.device)
         predictor = Predictor(params, splits, classes, device, progress=not args.no_progress)
         with stage_run(params, "evaluate", {"runs": ",".join(Path(r).name for r in args.runs)}) as run_:
             with torch.no_grad():

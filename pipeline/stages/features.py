@@ -10,13 +10,14 @@
 
 from pathlib import Path
 
-from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.cli import params_parser, run
 from pipeline.core.errors import PipelineError
 from pipeline.core.report import StageReport
 from pipeline.core.shards import add_shard_arguments, resolve_merge, resolve_shard, shard_path, unsharded_stem
 from pipeline.core.tracking import stage_run
 from pipeline.data.classes import read_classes
 from pipeline.data.manifest import read_manifest
+from pipeline.data.params import load_from_args
 from pipeline.features.features import extract_features, merge_shards
 
 
@@ -65,12 +66,13 @@ def main(argv=None):
                     "written": report.written,
                     "skipped": report.skipped,
                     "seconds": report.seconds,
-                    "clips_per_second": report.written / report.seconds if report.seconds else 0.0,
+                    "clips_per_second": report.timing()["clips_per_second"],
                 }
             )
         print(
             f"features {split} [{report.shard}]: requested {report.requested}, written {report.written}, "
-            f"skipped {report.skipped} -> {out}"
+            f"skipped {report.skipped} -> {out} "
+            f"({report.seconds:.1f} s, {report.timing()['clips_per_second']:.0f} clips/s)"
         )
 
     run(body, parser, argv)

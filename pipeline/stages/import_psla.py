@@ -8,9 +8,10 @@ The output tags audio (`psla tag`), predicts, evaluates (`evaluate.extra_members
 and features (1056 frames); FSD50K models: --params presets/fsd50k.yaml (3000 frames).
 """
 
-from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.cli import params_parser, run
 from pipeline.core.io import atomic_path
 from pipeline.data.classes import read_classes
+from pipeline.data.params import load_from_args
 from pipeline.training.import_psla import import_released, paper_audioset_params
 
 
@@ -29,8 +30,8 @@ def main(argv=None):
 
         params = load_from_args(args) if args.params else paper_audioset_params(args.overrides)
         payload = import_released(args.checkpoint, read_classes(args.classes), params)
-        with atomic_path(args.out) as tmp:
-            torch.save(payload, tmp)
+        with atomic_path(args.out) as tmp, open(tmp, "wb") as handle:  # a file object: no pid in the archive
+            torch.save(payload, handle)
         classes, frames = len(payload["class_ids"]), payload["target_length"]
         print(f"{args.checkpoint}: {classes} classes, {frames}-frame input -> {args.out}")
 

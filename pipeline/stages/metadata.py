@@ -3,9 +3,10 @@
 python -m pipeline.stages.metadata --classes data/classes.csv --ontology data/ontology.json
 """
 
-from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.cli import params_parser, run
 from pipeline.core.tracking import stage_run
 from pipeline.data.classes import write_classes, write_ontology
+from pipeline.data.params import load_from_args
 from pipeline.data.registry import class_metadata
 
 

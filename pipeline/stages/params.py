@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.cli import params_parser, run
 from pipeline.core.io import atomic_write_text
 from pipeline.core.params import to_yaml
+from pipeline.data.params import load_from_args
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,9 +8,10 @@ The checkpoint carries its model config, class ids and normalisation stats, so n
 
 import torch
 
-from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.cli import params_parser, run
 from pipeline.core.tracking import stage_run
-from pipeline.training.train import predict_file
+from pipeline.data.params import load_from_args
+from pipeline.training.predict import predict_file
 
 
 def main(argv=None):

@@ -8,10 +8,11 @@
 
 from pathlib import Path
 
-from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.cli import params_parser, run
 from pipeline.core.shards import add_shard_arguments, resolve_merge, resolve_shard, shard_path
 from pipeline.core.tracking import stage_run
 from pipeline.data.classes import read_classes
+from pipeline.data.params import load_from_args
 from pipeline.data.prepare import merge_shards, prepare_split, write_outputs
 from pipeline.data.registry import list_split
 
@@ -61,7 +62,8 @@ def main(argv=None):
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(report.skipped_by_reason.items())) or "none"
         print(
             f"{args.split} [{report.shard}]: requested {report.requested}, written {report.written} "
-            f"(reused {report.reused}), skipped {report.skipped} ({reasons}) -> {manifest_path}"
+            f"(reused {report.reused}), skipped {report.skipped} ({reasons}) -> {manifest_path} "
+            f"({report.seconds:.1f} s)"
         )
 
     run(body, parser, argv)

@@ -9,12 +9,13 @@ The fbanks are referenced through HDF5 virtual datasets, not copied; only the la
 
 from pathlib import Path
 
-from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.cli import params_parser, run
 from pipeline.core.io import atomic_write_json
 from pipeline.core.shards import unsharded_stem
 from pipeline.core.tracking import stage_run
 from pipeline.data.classes import read_classes
 from pipeline.data.manifest import read_manifest
+from pipeline.data.params import load_from_args
 from pipeline.features.features import relabel
 
 

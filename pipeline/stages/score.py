@@ -18,13 +18,14 @@ import csv
 import io
 from pathlib import Path
 
-from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.cli import params_parser, run
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_write_json, atomic_write_text
 from pipeline.core.metric_values import json_ready, value_text
+from pipeline.core.metrics import evaluate
 from pipeline.core.predictions import load_scores_for
 from pipeline.core.tracking import stage_run
-from pipeline.evaluation.score import evaluate
+from pipeline.data.params import load_from_args
 from pipeline.labels.weights import read_labelled_manifest
 
 PER_CLASS_COLUMNS = ("index", "mid", "display_name", "AP", "AUC", "positives")

@@ -3,9 +3,10 @@
 python -m pipeline.stages.stats --features data/features/train.h5 --out data/features/stats.json
 """
 
-from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.cli import params_parser, run
 from pipeline.core.io import atomic_write_json
 from pipeline.core.tracking import stage_run
+from pipeline.data.params import load_from_args
 from pipeline.features.features import normalisation_stats
 
 

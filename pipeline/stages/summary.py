@@ -8,8 +8,9 @@ import json
 import math
 from pathlib import Path
 
-from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.cli import params_parser, run
 from pipeline.core.metric_values import NO_POSITIVES, PERFECT, is_finite, value_text
+from pipeline.data.params import load_from_args
 
 STAGES = ("prepare", "features")
 

@@ -15,16 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.cli import params_parser, run
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_write_text
 from pipeline.core.predictions import write_predictions
+from pipeline.core.report import timing_path
 from pipeline.core.tracking import stage_run
 from pipeline.data.classes import read_classes
+from pipeline.data.params import load_from_args
 from pipeline.labels.plan import label_plan
 from pipeline.labels.weights import weights_by_clip
+from pipeline.training.device import distributed_from_env
 from pipeline.training.loader import Normaliser
-from pipeline.training.train import Inputs, distributed_from_env, predict_file, train
+from pipeline.training.predict import predict_file
+from pipeline.training.train import Inputs, train
 
 
 def relaunch_under_torchrun(devices: int, module: str, argv: list[str]) -> int:
@@ -102,7 +106,10 @@ def main(argv=None, role: str = "seed"):
                         params, inputs, args.out, args.seed, run_, not args.no_progress, dist_info, rank_report
                     )
                 if args.history:
-                    atomic_write_text(args.history, (Path(args.out) / "history.csv").read_text())
+                    history = Path(args.out) / "history.csv"
+                    atomic_write_text(args.history, history.read_text())
+                    if timing_path(history).is_file():  # its wall-clock timings beside it (ignored by git, DVC)
+                        atomic_write_text(timing_path(args.history), timing_path(history).read_text())
                 if args.predict_out:
                     # best.pt is chosen on validation; with data.audioset.val: eval that is the eval split,
                     # which must not reach the enhanced training labels: the teacher scores with last.pt then

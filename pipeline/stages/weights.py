@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.cli import params_parser, run
 from pipeline.core.tracking import stage_run
+from pipeline.data.params import load_from_args
 from pipeline.labels.weights import read_labelled_manifest, sample_weights, write_weights
 
 

@@ -8,7 +8,7 @@ display names: the clip's score, the maximum over its windows (`pipeline/tagging
 `window` s every `hop` s, each scored as a training clip is). An ensemble averages its members' scores.
 
 The checkpoints travel as artifacts of the model and are read with `torch.load(weights_only=True)`
-(`pipeline.training.train.load_checkpoint`); the `pipeline` package travels as its code. Serve one with
+(`pipeline.training.checkpoint.load_checkpoint`); the `pipeline` package travels as its code. Serve one with
 
     MLFLOW_TRACKING_URI=sqlite:///mlflow.db mlflow models serve -m models:/psla-demo@best \\
         --env-manager local --host 127.0.0.1 --port 5001
@@ -33,7 +33,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.pipeline_run import headline_metrics
 from pipeline.core.tracking import stage_run
 from pipeline.tagging.tag import load_tagger, tag_file, tag_wave
-from pipeline.training.train import load_checkpoint
+from pipeline.training.checkpoint import load_header
 
 REGISTERED_PREFIX = "psla-"
 BEST_ALIAS = "best"
@@ -137,7 +137,7 @@ def log_model(run_id: str, uri: str, name: str, checkpoints: list[str | Path], r
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    names = list(load_checkpoint(checkpoints[0])["class_names"])
+    names = list(load_header(checkpoints[0])["class_names"])
     with _pointed_at(uri), mlflow.start_run(run_id=run_id, log_system_metrics=False):
         info = mlflow.pyfunc.log_model(
             name=name,

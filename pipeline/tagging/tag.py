@@ -40,11 +40,10 @@ from pipeline.core.perf import tune_host_allocator
 from pipeline.data.audio import check_finite, check_length, downmix, open_mono, resample_blocks
 from pipeline.features.features import fbank_from_options
 from pipeline.training.augment import prepare_eval_batch
+from pipeline.training.checkpoint import check_checkpoint, load_checkpoint, model_from_checkpoint
+from pipeline.training.device import resolve_device
 from pipeline.training.loader import Normaliser
-from pipeline.training.train import load_checkpoint, model_from_checkpoint
 
-# What a checkpoint must hold for tagging (the train stage writes them; the average stage keeps them).
-REQUIRED_KEYS = ("model", "model_config", "class_ids", "class_names", "fbank_options", "target_length", "norm")
 CSV_COLUMNS = ("file", "rank", "mid", "display_name", "max", "mean")
 TIMELINE_COLUMNS = ("start", "end")
 
@@ -86,33 +85,11 @@ class Tagger:
         return 0 if n_samples < self.frame_samples else 1 + (n_samples - self.frame_samples) // self.shift_samples
 
 
-def resolve_device(wanted: str) -> torch.device:
-    """`auto` (a GPU when there is one, else the CPU), `cpu`, `cuda` or `cuda:N`."""
-    if wanted == "auto":
-        wanted = "cuda" if torch.cuda.is_available() else "cpu"
-    if wanted.startswith("cuda") and not torch.cuda.is_available():
-        raise PipelineError(f"--device {wanted}: no CUDA device here; use --device cpu (or auto)")
-    try:
-        return torch.device(wanted)
-    except RuntimeError:
-        raise PipelineError(f"--device {wanted}: expected auto, cpu, cuda or cuda:N") from None
-
-
 def load_tagger(checkpoint: str | Path, device: str | torch.device = "auto") -> Tagger:
     """A model ready to tag, from one checkpoint of the train or average stage (one-line errors otherwise)."""
     payload = load_checkpoint(checkpoint)
-    missing = [key for key in REQUIRED_KEYS if key not in payload]
-    if missing:
-        raise PipelineError(
-            f"{checkpoint}: the checkpoint lacks {', '.join(missing)}, which tagging needs; "
-            "retrain or re-average it with this version of the pipeline"
-        )
-    if len(payload["class_names"]) != len(payload["class_ids"]):
-        raise PipelineError(
-            f"{checkpoint}: {len(payload['class_names'])} class names for "
-            f"{len(payload['class_ids'])} class ids; the checkpoint is damaged"
-        )
-    device = device if isinstance(device, torch.device) else resolve_device(device)
+    check_checkpoint(checkpoint, payload, "tagging")
+    device = device if isinstance(device, torch.device) else resolve_device(device, "--device")
     if device.type == "cpu":
         tune_host_allocator()  # batch-sized temporaries would otherwise page-fault on every batch
     model = model_from_checkpoint(payload).to(device).eval()

@@ -25,11 +25,12 @@ import torch
 from torch import nn
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import Params, with_overrides
+from pipeline.core.params import Params
 from pipeline.data.classes import ClassList
-from pipeline.features.features import fbank_options
-from pipeline.training.model import create_model, describe
-from pipeline.training.train import CHECKPOINT_FORMAT
+from pipeline.data.params import with_overrides
+from pipeline.training.checkpoint import CHECKPOINT_FORMAT, checkpoint_record
+from pipeline.training.loader import Normaliser
+from pipeline.training.model import create_model
 
 # The paper's model and features (egs/audioset/run.sh): what an import records unless --params says otherwise.
 PAPER_MODEL = {
@@ -212,12 +213,6 @@ def import_released(path: str | Path, classes: ClassList, params: Params | None 
     return {
         "format": CHECKPOINT_FORMAT,
         "model": model.state_dict(),
-        "model_config": model_cfg.model_dump(mode="json"),
-        "class_ids": list(classes.mids),
-        "class_names": list(classes.names),
-        "fbank_options": fbank_options(features),
-        "target_length": features.target_length,
-        "norm": {"mean": features.paper_mean, "std": features.paper_std},
-        "describe": describe(model_cfg, len(classes), model),
+        **checkpoint_record(model_cfg, classes, features, Normaliser(features.paper_mean, features.paper_std), model),
         "imported_from": Path(path).name,
     }

@@ -54,11 +54,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.core.cli import load_from_args, params_parser, run
+from pipeline.core.cli import params_parser, run
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Model, ParamsError
+from pipeline.data.params import load_from_args
 
-EPSILON = 1e-7
+# The PSLA code's epsilon: attention weights here, and the loss's inputs (training), stay in [CLAMP, 1 - CLAMP].
+CLAMP = 1e-7
 
 
 def _init_layer(layer: nn.Conv2d) -> None:
@@ -76,7 +78,7 @@ def _conv1x1(n_in: int, n_out: int) -> nn.Conv2d:
 
 def _attend(att: torch.Tensor, cla: torch.Tensor) -> torch.Tensor:
     """[B, C, T, 1] logits of attention and class scores -> [B, C] attention-weighted probabilities."""
-    att = torch.sigmoid(att[..., 0]).clamp(EPSILON, 1.0 - EPSILON)
+    att = torch.sigmoid(att[..., 0]).clamp(CLAMP, 1.0 - CLAMP)
     cla = torch.sigmoid(cla[..., 0])
     norm_att = att / att.sum(dim=2, keepdim=True)
     return (norm_att * cla).sum(dim=2)
@@ -382,12 +384,19 @@ def _read_weights_file(text: str) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Key names as the bare backbone has them: without DDP's `module.`, torch.compile's `_orig_mod.`,
-    and, for one of our own checkpoints, only its `backbone.` part."""
+def unwrapped_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict under the bare model's key names: without torch.compile's `_orig_mod.` and DDP's
+    `module.` (a prefix of every key when the model was wrapped)."""
     state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
-    if all(k.startswith("module.") for k in state):
+    if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Key names as the bare backbone has them: `unwrapped_names`, and, for one of our own checkpoints,
+    only its `backbone.` part."""
+    state = unwrapped_names(state)
     if any(k.startswith("backbone.") for k in state):
         state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     return state
@@ -472,7 +481,7 @@ def create_model(cfg: Any, num_classes: int) -> PSLAModel:
 def load_head_if_it_fits(attention: nn.Module, state: Mapping[str, torch.Tensor]) -> bool:
     """Fine-tuning from one of our checkpoints (a trained or an imported PSLA model): its attention pooling
     too when it has the same heads and classes; otherwise the pooling stays freshly initialised."""
-    state = {k.replace("_orig_mod.", "").removeprefix("module."): v for k, v in state.items()}
+    state = unwrapped_names(state)
     head = {k[len("attention.") :]: v for k, v in state.items() if k.startswith("attention.")}
     target = attention.state_dict()
     if set(head) != set(target) or any(head[k].shape != target[k].shape for k in target):

@@ -1,6 +1,9 @@
 """Training one model (a teacher or one seed) with the PSLA recipe, resumable epoch by epoch.
 
-Read top to bottom: setup, resume, the epoch loop (train, validate, checkpoint, log), done.
+Read `train` top to bottom: `set_up` (device, model, optimiser, batches), `resume` (from the last
+complete epoch), then per epoch `run_epoch` (the optimiser steps) and `end_epoch` (validate, checkpoint,
+log), and `finish` (history, curves, best.pt). The checkpoint format is `pipeline.training.checkpoint`'s,
+scoring a features file `pipeline.training.predict`'s.
 
 Recipe (docs/recipe.md, "Loss, optimizer and schedule"): BCE on outputs clamped to [1e-7, 1 - 1e-7]; Adam;
 a warm-up over the first `train.warmup_steps` steps (`train.warmup`: linear, or the paper's staircase,
@@ -22,38 +25,31 @@ import hashlib
 import io
 import json
 import math
-import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_path, atomic_write_text
 from pipeline.core.metric_values import summary_notes
-from pipeline.core.params import Model, Params
+from pipeline.core.metrics import d_prime, evaluate
+from pipeline.core.params import Params
 from pipeline.core.perf import tune_host_allocator
-from pipeline.core.predictions import write_predictions
+from pipeline.core.report import timing_path
 from pipeline.data.classes import ClassList
-from pipeline.evaluation.score import d_prime, evaluate
-from pipeline.features.features import fbank_options
-from pipeline.training.loader import (
-    FeatureDataset,
-    Normaliser,
-    aligned_weights,
-    device_batches,
-    eval_loader,
-    train_loader,
-)
-from pipeline.training.model import count_parameters, create_model, describe
+from pipeline.training.checkpoint import CHECKPOINT_FORMAT, checkpoint_record, load_checkpoint, save_checkpoint
+from pipeline.training.device import Distributed, resolve_device
+from pipeline.training.loader import FeatureDataset, Normaliser, aligned_weights, device_batches, train_loader
+from pipeline.training.model import CLAMP, count_parameters, create_model
+from pipeline.training.predict import predict
 
-CLAMP = 1e-7
-CHECKPOINT_FORMAT = "psla-checkpoint-1"
 HISTORY_COLUMNS = (
     "epoch",
     "step",
@@ -63,10 +59,11 @@ HISTORY_COLUMNS = (
     "val_mAP",
     "val_mAUC",
     "val_d_prime",
-    "seconds",
-    "clips_per_second",
-    "data_wait",
 )
+# Wall clock, per epoch: printed, logged to MLflow and written to history.timing.csv beside history.csv
+# (ignored by git and DVC), never to history.csv, its plots copy or a checkpoint, which a rerun must
+# write byte for byte again (a clean tree, an unchanged dvc.lock).
+TIMING_COLUMNS = ("seconds", "clips_per_second", "data_wait")
 
 
 @dataclass
@@ -76,35 +73,6 @@ class Inputs:
     weights: dict[str, float] | None  # clip id -> sampling weight (None: uniform)
     norm: Normaliser
     classes: ClassList
-
-
-@dataclass
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def distributed_from_env() -> Distributed:
-    """The process group torchrun describes in the environment (or a single process)."""
-    if "RANK" not in os.environ:
-        return Distributed()
-    return Distributed(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def resolve_device(params: Params, dist_info: Distributed) -> torch.device:
-    wanted = params.train.device
-    if wanted == "auto":
-        wanted = "cuda" if torch.cuda.is_available() else "cpu"
-    if wanted.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise PipelineError(f"train.device={params.train.device}: no CUDA device here; set train.device=cpu")
-        return torch.device("cuda", dist_info.local_rank if wanted == "cuda" else int(wanted.split(":")[1]))
-    return torch.device(wanted)
 
 
 PAPER_WARMUP_EVERY = 50  # the official code raises the rate every 50 steps
@@ -181,79 +149,6 @@ def discard_run(out_dir: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Load one of our checkpoints (weights_only: no code runs from the file)."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: checkpoint not found") from None
-    except Exception as err:  # unpickling errors of a foreign or damaged file
-        raise PipelineError(
-            f"{path}: not a readable checkpoint ({type(err).__name__}); expected one written "
-            "by the train or average stage"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise PipelineError(f"{path}: not a checkpoint of this pipeline (no '{CHECKPOINT_FORMAT}' format tag)")
-    return payload
-
-
-def model_from_checkpoint(payload: dict) -> torch.nn.Module:
-    model = create_model(
-        Model.model_validate({**payload["model_config"], "pretrained": "none"}), len(payload["class_ids"])
-    )
-    model.load_state_dict(payload["model"])
-    return model
-
-
-@torch.no_grad()
-def predict(
-    model: torch.nn.Module,
-    params: Params,
-    features: Path,
-    norm: Normaliser,
-    device: torch.device,
-    batch_size: int | None = None,
-    progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Scores [N, C] float32 and the labels [N, C] of a features file, in file order."""
-    model.eval()
-    scores, labels = [], []
-    loader = eval_loader(params, FeatureDataset(features), batch_size)
-    batches = device_batches(loader, params, norm, device, torch.Generator(), train=False)
-    for x, y in tqdm(
-        batches,
-        total=len(loader),
-        desc=f"predict {Path(features).stem}",
-        unit="batch",
-        disable=not progress,
-        mininterval=2.0,
-    ):
-        scores.append(model(x).float().cpu())
-        labels.append(y.cpu())
-    return torch.cat(scores).numpy(), torch.cat(labels).numpy()
-
-
-def predict_file(
-    params: Params, checkpoint: str | Path, features: str | Path, out: str | Path, progress: bool = False
-) -> int:
-    """Score a features file with a checkpoint and write a predictions file; returns the clip count."""
-    payload = load_checkpoint(checkpoint)
-    with h5py.File(features, "r") as handle:
-        if json.loads(handle.attrs["class_ids"]) != payload["class_ids"]:
-            raise PipelineError(f"{features}: its classes differ from the checkpoint's ({checkpoint})")
-    device = resolve_device(params, distributed_from_env())
-    model = model_from_checkpoint(payload).to(device)
-    scores, _ = predict(model, params, Path(features), Normaliser(**payload["norm"]), device, progress=progress)
-    clip_ids = FeatureDataset(features).clip_ids()
-    write_predictions(out, scores, clip_ids, payload["class_ids"])
-    return len(clip_ids)
-
-
 def validate(model, params, features, norm, device, class_ids) -> dict:
     scores, labels = predict(model, params, features, norm, device)
     loss = bce(torch.from_numpy(scores), torch.from_numpy(labels)).item()
@@ -278,12 +173,38 @@ def improves(value: float, best: float) -> bool:
     return not math.isnan(value) and (math.isnan(best) or value > best)
 
 
+def untimed(row: dict) -> dict:
+    """A history row without its wall-clock columns (`TIMING_COLUMNS`): what checkpoints hold."""
+    return {k: v for k, v in row.items() if k not in TIMING_COLUMNS}
+
+
 def write_history(path: Path, rows: list[dict]) -> None:
+    """`HISTORY_COLUMNS` of `rows` to `path` (history.csv), and `epoch` + `TIMING_COLUMNS` to its timing file
+    (`timing_path`: history.timing.csv). Rows without timings (epochs resumed from a checkpoint) keep the
+    timings the file already holds for their epoch."""
+    path = Path(path)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: row[k] for k in HISTORY_COLUMNS} for row in rows)
     atomic_write_text(path, buffer.getvalue())
+
+    timing = timing_path(path)
+    earlier = {}
+    if timing.is_file():
+        with open(timing, newline="") as handle:
+            earlier = {r.get("epoch"): r for r in csv.DictReader(handle)}
+    buffer = io.StringIO()
+    writer = csv.DictWriter(
+        buffer, fieldnames=("epoch", *TIMING_COLUMNS), lineterminator="\n", restval="", extrasaction="ignore"
+    )
+    writer.writeheader()
+    for row in rows:
+        if all(k in row for k in TIMING_COLUMNS):
+            writer.writerow({k: row[k] for k in ("epoch", *TIMING_COLUMNS)})
+        else:
+            writer.writerow({**earlier.get(str(row["epoch"]), {}), "epoch": row["epoch"]})
+    atomic_write_text(timing, buffer.getvalue())
 
 
 def plot_history(path: Path, rows: list[dict]) -> None:
@@ -334,6 +255,34 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+# ----------------------------------------------------------------------------------------------
+# the training loop
+
+
+@dataclass
+class Session:
+    """What one process holds while it trains a model: built by `set_up`, advanced epoch by epoch."""
+
+    params: Params
+    inputs: Inputs
+    out_dir: Path
+    seed: int
+    dist_info: Distributed
+    device: torch.device
+    model: torch.nn.Module  # the model itself, what checkpoints hold and validation runs
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None  # None: no mixed precision
+    fingerprint: str  # what a checkpoint must match to be resumed (run_fingerprint)
+    record: dict  # what every checkpoint of the run records beside the weights (checkpoint_record)
+    history: list[dict] = field(default_factory=list)
+    step: int = 0
+    best: dict = field(default_factory=lambda: {"val_mAP": -1.0})
+    start_epoch: int = 1
+    drawn: list[int] = field(default_factory=list)  # clip rows this process drew (for the rank report)
+
+
 def train(
     params: Params,
     inputs: Inputs,
@@ -346,188 +295,244 @@ def train(
 ) -> dict:
     """Train (or resume) one model into `out_dir`; returns the best epoch's validation metrics.
 
-    `rank_report`: a folder where every process writes what it drew and its final weights'
-    digest (`rank<R>.json`), so a DDP run can be audited.
+    `run`: the stage's MLflow run (None: nothing is logged); `rank_report`: a folder where every process
+    writes what it drew and its final weights' digest (`rank<R>.json`), so a DDP run can be audited.
     """
-    dist_info = dist_info or Distributed()
-    out_dir = Path(out_dir)
-    device = resolve_device(params, dist_info)
+    session = set_up(params, inputs, Path(out_dir), seed, dist_info or Distributed())
+    resume(session)
+    trained = for_training(session)
+    if run is not None and session.dist_info.main:
+        run.log_metrics({"parameters": count_parameters(session.model)})
+    for epoch in range(session.start_epoch, params.train.epochs + 1):
+        row = run_epoch(session, trained, epoch, run, progress)
+        _barrier(session.dist_info)  # every process has stepped before rank 0 validates and saves
+        if session.dist_info.main:
+            end_epoch(session, row, run)
+        _barrier(session.dist_info)  # and the epoch is saved before any process starts the next
+    if rank_report is not None:
+        write_rank_report(session, rank_report)
+    if session.dist_info.main:
+        finish(session, run)
+    return session.best
+
+
+def _barrier(dist_info: Distributed) -> None:
+    if dist_info.world_size > 1:
+        dist.barrier()
+
+
+def set_up(params: Params, inputs: Inputs, out_dir: Path, seed: int, dist_info: Distributed) -> Session:
+    """The device, the model and its optimiser, the training batches, and what the checkpoints record."""
     cfg = params.train
+    device = resolve_device(cfg.device, local_rank=dist_info.local_rank)
     if device.type == "cpu":
         tune_host_allocator()
-
-    # ---- model, optimizer, data
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # the initial weights follow from the seed
     model = create_model(params.model, len(inputs.classes)).to(device)
     if cfg.channels_last:
         model = model.to_channels_last()
-    n_params = count_parameters(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    use_amp = cfg.amp != "none" and device.type == "cuda"
+    return Session(
+        params,
+        inputs,
+        out_dir,
+        seed,
+        dist_info,
+        device,
+        model,
+        optimizer,
+        loader=training_batches(params, inputs, seed, dist_info, device),
+        scaler=torch.amp.GradScaler("cuda", enabled=use_amp and cfg.amp == "fp16"),
+        amp_dtype=(torch.bfloat16 if cfg.amp == "bf16" else torch.float16) if use_amp else None,
+        fingerprint=run_fingerprint(params, inputs, seed),
+        record=checkpoint_record(params.model, inputs.classes, params.features, inputs.norm, model),
+    )
+
+
+def training_batches(
+    params: Params, inputs: Inputs, seed: int, dist_info: Distributed, device: torch.device
+) -> DataLoader:
+    """This process's share of the training batches, its labels checked against the class list."""
     train_set = FeatureDataset(inputs.train_features)
+    if not len(train_set):  # no batch: no step, no loss and no learning rate for an epoch
+        raise PipelineError(
+            f"{inputs.train_features}: no clips to train on (the features stage wrote none; see its report)"
+        )
     if train_set.num_classes != len(inputs.classes):
         raise PipelineError(
             f"{inputs.train_features}: {train_set.num_classes} label columns but the class list has "
             f"{len(inputs.classes)}; recompute the features with this class list"
         )
     weights = aligned_weights(train_set, inputs.weights, "weights") if inputs.weights else None
-    loader = train_loader(
+    # the samplers pad every process's share to the same length, so each has a batch when the file has a clip
+    return train_loader(
         params, train_set, weights, seed=seed, rank=dist_info.rank, world_size=dist_info.world_size, device=device
     )
-    use_amp = cfg.amp != "none" and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cfg.amp == "fp16")
 
-    # ---- resume from the last complete epoch
-    fingerprint = run_fingerprint(params, inputs, seed)
-    history, start_epoch, step, best = [], 1, 0, {"val_mAP": -1.0}
-    last = out_dir / "last.pt"
+
+def resume(session: Session) -> None:
+    """Continue after the last complete epoch (`last.pt`) when it was trained with these params and data;
+    a run of other params or data is discarded and starts over."""
+    last = session.out_dir / "last.pt"
     state = load_checkpoint(last) if last.is_file() else None
-    if dist_info.world_size > 1:
-        dist.barrier()  # every process has read the checkpoint before rank 0 may discard it
-    if state is not None and state["fingerprint"] != fingerprint:
-        if dist_info.main:
-            print(f"{out_dir}: its checkpoints were trained with other params or data; starting over")
-            discard_run(out_dir)
+    _barrier(session.dist_info)  # every process has read the checkpoint before rank 0 may discard it
+    if state is not None and state["fingerprint"] != session.fingerprint:
+        if session.dist_info.main:
+            print(f"{session.out_dir}: its checkpoints were trained with other params or data; starting over")
+            discard_run(session.out_dir)
         state = None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        history, step, best = state["history"], state["step"], state["best"]
-        start_epoch = state["epoch"] + 1
-        if dist_info.main:
-            print(f"resuming {out_dir} after epoch {state['epoch']} (step {step})")
+    if state is None:
+        return
+    session.model.load_state_dict(state["model"])
+    session.optimizer.load_state_dict(state["optimizer"])
+    session.scaler.load_state_dict(state["scaler"])
+    session.history, session.step, session.best = state["history"], state["step"], state["best"]
+    session.start_epoch = state["epoch"] + 1
+    if session.dist_info.main:
+        print(f"resuming {session.out_dir} after epoch {state['epoch']} (step {session.step})")
 
-    trained = model
-    if cfg.compile:
+
+def for_training(session: Session) -> torch.nn.Module:
+    """The model as the optimiser steps run it: compiled (train.compile), wrapped for DDP (several processes).
+    Both share the model's parameters, so checkpoints and validation use the model itself."""
+    trained = session.model
+    if session.params.train.compile:
         trained = torch.compile(trained)
-    if dist_info.world_size > 1:
+    if session.dist_info.world_size > 1:
+        device = session.device
         trained = torch.nn.parallel.DistributedDataParallel(
             trained, device_ids=[device.index] if device.type == "cuda" else None
         )
+    return trained
 
-    config_record = {
-        "model_config": params.model.model_dump(mode="json"),
-        "class_ids": list(inputs.classes.mids),
-        "class_names": list(inputs.classes.names),
-        "fbank_options": fbank_options(params.features),
-        "target_length": params.features.target_length,
-        "norm": {"mean": inputs.norm.mean, "std": inputs.norm.std},
-        "describe": describe(params.model, len(inputs.classes)),
-    }
-    if run is not None and dist_info.main:
-        run.log_metrics({"parameters": n_params})
 
-    drawn = []  # clip rows this process drew (for rank_report)
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        # every random draw of this epoch follows from (seed, epoch): resumed runs repeat it exactly
-        torch.manual_seed(epoch_seed(seed, epoch))
-        np.random.seed(epoch_seed(seed, epoch) % 2**32)
-        loader.sampler.set_epoch(epoch)
-        generator = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch))
-        trained.train()
-        started, waited, seen, loss_sum, batches = time.perf_counter(), 0.0, 0, 0.0, 0
-        bar = tqdm(
-            total=len(loader.sampler) * dist_info.world_size,
-            desc=f"epoch {epoch}/{cfg.epochs}",
-            unit="clip",
-            disable=not (progress and dist_info.main),
-            mininterval=1.0,
-        )
+def seed_epoch(session: Session, epoch: int) -> torch.Generator:
+    """Every random draw of `epoch` follows from (seed, epoch), so a resumed run repeats it exactly; returns
+    the augmentation's generator."""
+    torch.manual_seed(epoch_seed(session.seed, epoch))
+    np.random.seed(epoch_seed(session.seed, epoch) % 2**32)
+    session.loader.sampler.set_epoch(epoch)
+    return torch.Generator(device=session.device).manual_seed(epoch_seed(session.seed, epoch))
+
+
+def run_epoch(session: Session, trained: torch.nn.Module, epoch: int, run, progress: bool) -> dict:
+    """One pass over this process's training batches; returns the epoch's history row so far (no validation)."""
+    params, loader, world = session.params, session.loader, session.dist_info.world_size
+    generator = seed_epoch(session, epoch)
+    trained.train()
+    started, waited, seen, loss_sum, batches = time.perf_counter(), 0.0, 0, 0.0, 0
+    bar = tqdm(
+        total=len(loader.sampler) * world,
+        desc=f"epoch {epoch}/{params.train.epochs}",
+        unit="clip",
+        disable=not (progress and session.dist_info.main),
+        mininterval=1.0,
+    )
+    fetched = time.perf_counter()
+    sampler = loader.sampler
+    session.drawn.extend(int(i) for i in (sampler.rows() if hasattr(sampler, "rows") else sampler))
+    for x, y in device_batches(loader, params, session.inputs.norm, session.device, generator):
+        waited += time.perf_counter() - fetched
+        session.step += 1
+        lr = learning_rate(params, epoch, session.step, len(loader))
+        loss = train_step(trained, session.optimizer, session.scaler, x, y, lr, session.amp_dtype)
+        if not math.isfinite(loss):
+            raise PipelineError(
+                f"non-finite training loss ({loss}) at step {session.step}, epoch {epoch}: "
+                "lower train.lr or check the features and stats"
+            )
+        loss_sum, batches, seen = loss_sum + loss, batches + 1, seen + len(x) * world
+        bar.update(len(x) * world)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+        if run is not None and session.dist_info.main and session.step % params.train.log_every == 0:
+            run.log_metrics({"train_loss_step": loss, "lr": lr}, step=session.step)
         fetched = time.perf_counter()
-        drawn.extend(int(i) for i in (loader.sampler.rows() if hasattr(loader.sampler, "rows") else loader.sampler))
-        for x, y in device_batches(loader, params, inputs.norm, device, generator):
-            waited += time.perf_counter() - fetched
-            step += 1
-            lr = learning_rate(params, epoch, step, len(loader))
-            loss_value = train_step(trained, optimizer, scaler, x, y, lr, amp_dtype if use_amp else None)
-            if not math.isfinite(loss_value):
-                raise PipelineError(
-                    f"non-finite training loss ({loss_value}) at step {step}, epoch {epoch}: "
-                    "lower train.lr or check the features and stats"
-                )
-            loss_sum, batches, seen = loss_sum + loss_value, batches + 1, seen + len(x) * dist_info.world_size
-            bar.update(len(x) * dist_info.world_size)
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
-            if run is not None and dist_info.main and step % cfg.log_every == 0:
-                run.log_metrics({"train_loss_step": loss_value, "lr": lr}, step=step)
-            fetched = time.perf_counter()
-        bar.close()
-        seconds = time.perf_counter() - started
+    bar.close()
+    seconds = time.perf_counter() - started
+    return {
+        "epoch": epoch,
+        "step": session.step,
+        "lr": learning_rate(params, epoch, session.step, len(loader)),  # the rate of the epoch's last step
+        "train_loss": loss_sum / max(batches, 1),
+        "seconds": round(seconds, 3),
+        "clips_per_second": seen / seconds if seconds else 0.0,
+        "data_wait": waited / seconds if seconds else 0.0,
+    }
 
-        if dist_info.world_size > 1:
-            dist.barrier()
-        if dist_info.main:
-            row = {
-                "epoch": epoch,
-                "step": step,
-                "lr": lr,
-                "train_loss": loss_sum / max(batches, 1),
-                "seconds": round(seconds, 3),
-                "clips_per_second": seen / seconds if seconds else 0.0,
-                "data_wait": waited / seconds if seconds else 0.0,
-                **validate(model, params, inputs.val_features, inputs.norm, device, inputs.classes.mids),
-            }
-            history.append(row)
-            improved = "epoch" not in best or improves(row["val_mAP"], best["val_mAP"])
-            if improved:
-                best = {**row}
-            payload = {
-                "format": CHECKPOINT_FORMAT,
-                **config_record,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "sampler": loader.sampler.state_dict(),
-                "epoch": epoch,
-                "step": step,
-                "seed": seed,
-                "history": history,
-                "best": best,
-                "fingerprint": fingerprint,
-            }
-            save_checkpoint(out_dir / f"epoch_{epoch:03d}.pt", payload)
-            if improved:
-                save_checkpoint(out_dir / "best.pt", payload)
-            save_checkpoint(last, payload)  # last: the resume point, written after the epoch's own file
-            write_history(out_dir / "history.csv", history)
-            if run is not None:
-                run.log_metrics(
-                    {k: v for k, v in row.items() if k not in ("epoch", "step")}, step=epoch, notes=metric_notes(row)
-                )
-            print(
-                f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
-                f"val mAP {row['val_mAP']:.4f}, {row['clips_per_second']:.0f} clips/s, "
-                f"data wait {row['data_wait']:.0%}",
-                flush=True,
-            )
-        if dist_info.world_size > 1:
-            dist.barrier()
 
-    if rank_report is not None:
-        rank_report.mkdir(parents=True, exist_ok=True)
-        (rank_report / f"rank{dist_info.rank}.json").write_text(
-            json.dumps(
-                {
-                    "rank": dist_info.rank,
-                    "world_size": dist_info.world_size,
-                    "drawn": drawn,
-                    "weights": weights_digest(model),
-                }
-            )
+def end_epoch(session: Session, row: dict, run) -> None:
+    """The main process after an epoch: validate, keep the best, write the checkpoints and the history, log."""
+    inputs = session.inputs
+    row = {
+        **row,
+        **validate(
+            session.model, session.params, inputs.val_features, inputs.norm, session.device, inputs.classes.mids
+        ),
+    }
+    session.history.append(row)
+    improved = "epoch" not in session.best or improves(row["val_mAP"], session.best["val_mAP"])
+    if improved:
+        session.best = {**row}
+    save_epoch(session, row["epoch"], improved)
+    write_history(session.out_dir / "history.csv", session.history)
+    if run is not None:
+        run.log_metrics(
+            {k: v for k, v in row.items() if k not in ("epoch", "step")}, step=row["epoch"], notes=metric_notes(row)
         )
-    if dist_info.main:
-        if not history:
-            raise PipelineError(f"{out_dir}: no epoch trained (train.epochs={cfg.epochs})")
-        if not (out_dir / "best.pt").is_file():  # removed by a workflow manager before a resumed run
-            save_checkpoint(
-                out_dir / "best.pt",
-                torch.load(out_dir / f"epoch_{best['epoch']:03d}.pt", map_location="cpu", weights_only=True),
-            )
-        write_history(out_dir / "history.csv", history)
-        plot_history(out_dir / "curves.png", history)
-        if run is not None:
-            run.log_artifact(out_dir / "history.csv")
-            run.log_artifact(out_dir / "curves.png")
-            run.log_metrics({"best_epoch": best["epoch"], "best_val_mAP": best["val_mAP"]}, notes=metric_notes(best))
-    return best
+    print(
+        f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+        f"val mAP {row['val_mAP']:.4f}, {row['clips_per_second']:.0f} clips/s, "
+        f"data wait {row['data_wait']:.0%}",
+        flush=True,
+    )
+
+
+def save_epoch(session: Session, epoch: int, improved: bool) -> None:
+    """The epoch's checkpoint (`epoch_NNN.pt`), `best.pt` when it improved, and `last.pt`, the resume point."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        **session.record,
+        "model": session.model.state_dict(),
+        "optimizer": session.optimizer.state_dict(),
+        "scaler": session.scaler.state_dict(),
+        "sampler": session.loader.sampler.state_dict(),
+        "epoch": epoch,
+        "step": session.step,
+        "seed": session.seed,
+        "history": [untimed(r) for r in session.history],  # timings: history.timing.csv, not the checkpoint
+        "best": untimed(session.best),
+        "fingerprint": session.fingerprint,
+    }
+    save_checkpoint(session.out_dir / f"epoch_{epoch:03d}.pt", payload)
+    if improved:
+        save_checkpoint(session.out_dir / "best.pt", payload)
+    save_checkpoint(session.out_dir / "last.pt", payload)  # written after the epoch's own file
+
+
+def write_rank_report(session: Session, folder: Path) -> None:
+    """`rank<R>.json`: what this process drew and its final weights' digest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    report = {
+        "rank": session.dist_info.rank,
+        "world_size": session.dist_info.world_size,
+        "drawn": session.drawn,
+        "weights": weights_digest(session.model),
+    }
+    (folder / f"rank{session.dist_info.rank}.json").write_text(json.dumps(report))
+
+
+def finish(session: Session, run) -> None:
+    """The main process when the epochs are done: best.pt restored if it went missing, the history, its
+    curves and the best epoch logged."""
+    out_dir, best, history = session.out_dir, session.best, session.history
+    if not history:
+        raise PipelineError(f"{out_dir}: no epoch trained (train.epochs={session.params.train.epochs})")
+    if not (out_dir / "best.pt").is_file():  # removed by a workflow manager before a resumed run
+        save_checkpoint(out_dir / "best.pt", load_checkpoint(out_dir / f"epoch_{best['epoch']:03d}.pt"))
+    write_history(out_dir / "history.csv", history)
+    plot_history(out_dir / "curves.png", history)
+    if run is not None:
+        run.log_artifact(out_dir / "history.csv")
+        run.log_artifact(out_dir / "curves.png")
+        run.log_metrics({"best_epoch": best["epoch"], "best_val_mAP": best["val_mAP"]}, notes=metric_notes(best))

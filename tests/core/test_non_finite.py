@@ -19,14 +19,15 @@ import numpy as np
 import yaml
 from mlflow.tracking import MlflowClient
 
+from pipeline.core import metrics as metrics_module
 from pipeline.core.metric_values import json_ready, non_finite_note, value_text
+from pipeline.core.metrics import evaluate
 from pipeline.core.mlflow_store import NOTE_TAG
 from pipeline.core.params import Params
 from pipeline.core.tracking import stage_run
 from pipeline.dag.ablation import build_rows, log_to_mlflow, write_reports
 from pipeline.data.classes import ClassList
 from pipeline.evaluation import plots
-from pipeline.evaluation import score as metrics_module
 from pipeline.evaluation.evaluate import (
     SEED_ENSEMBLE,
     Entry,
@@ -38,7 +39,6 @@ from pipeline.evaluation.evaluate import (
     summary_table,
     write_outputs,
 )
-from pipeline.evaluation.score import evaluate
 from pipeline.stages import score as score_stage
 from pipeline.stages import summary as summary_stage
 from pipeline.stages import train as train_stage
@@ -243,10 +243,8 @@ def test_score_stage_on_a_perfect_ranking(tmp_path, store_uri, capsys):
 
 def test_summary_training_table_reads_inf_nan_and_empty_cells(tmp_path):
     header = ",".join(HISTORY_COLUMNS)
-    (tmp_path / "seed-1.csv").write_text(
-        f"{header}\n1,1,0.1,0.5,0.5,0.9,0.95,2.3,1,1,0\n2,2,0.1,0.4,0.4,1.0,1.0,inf,1,1,0\n"
-    )
-    (tmp_path / "seed-2.csv").write_text(f"{header}\n1,1,0.1,0.5,0.5,nan,nan,nan,1,1,0\n2,2,0.1,0.5,0.5,,,,1,1,0\n")
+    (tmp_path / "seed-1.csv").write_text(f"{header}\n1,1,0.1,0.5,0.5,0.9,0.95,2.3\n2,2,0.1,0.4,0.4,1.0,1.0,inf\n")
+    (tmp_path / "seed-2.csv").write_text(f"{header}\n1,1,0.1,0.5,0.5,nan,nan,nan\n2,2,0.1,0.5,0.5,,,\n")
     lines = summary_stage.training_table(tmp_path, [1, 2, 3])
     assert lines[1].split() == ["seed-1", "2", "2", "1.0000", "1.0000", "inf"]
     assert lines[2].strip().startswith("val d-prime inf (mAUC 1")

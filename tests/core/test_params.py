@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from pipeline.core.params import SECTIONS, Params, ParamsError, load_params, parse_override, to_yaml
+from pipeline.core.params import SECTIONS, Params, ParamsError, parse_override, to_yaml
+from pipeline.data.params import PipelineParams, load_params
 from tests.conftest import REPO, write_params
 
 PRESETS = sorted((REPO / "presets").glob("*.yaml"))
@@ -15,14 +16,14 @@ def test_params_yaml_states_every_default_explicitly():
         == {"data", "features", "sampling", "augment", "labels", "model", "train", "average", "evaluate", "tracking"}
     )
     # the file is the schema's defaults written out in full (make params), so DVC can track every key
-    assert Params.model_validate(tree) == Params()
-    assert yaml.safe_load(to_yaml(Params())) == tree
+    assert PipelineParams.model_validate(tree) == PipelineParams()
+    assert yaml.safe_load(to_yaml(PipelineParams())) == tree
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_every_preset_loads_and_validates(preset):
     params = load_params(preset)
-    assert isinstance(params, Params)
+    assert isinstance(params, PipelineParams) and isinstance(params, Params)  # the annotation type everywhere
 
 
 def test_presets_hold_the_papers_recipes():

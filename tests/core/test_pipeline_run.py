@@ -11,10 +11,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.core import pipeline_run as mlflow_pipeline
+from pipeline.core.features_layout import CONTENT_DIGEST
 from pipeline.core.params import Params
 from pipeline.core.pipeline_run import finish_pipeline
 from pipeline.core.tracking import stage_run
-from pipeline.features.layout import CONTENT_DIGEST
+from pipeline.data.manifest import Entry, read_manifest, write_manifest
 
 
 @pytest.mark.parametrize(
@@ -90,6 +91,21 @@ def test_a_features_file_is_a_dataset_input_with_its_content_digest(tmp_path, st
     [found] = MlflowClient(store_uri).get_run(run.run_id).inputs.dataset_inputs
     assert found.dataset.digest == "0123456789abcdef0123456789abcdef"
     assert found.dataset.profile == '{"num_clips": 3}' and found.tags[0].value == "eval"
+
+
+def test_a_manifest_is_a_dataset_input_with_its_clip_count(tmp_path, store_uri):
+    # read by its shape in core (one clip per row, quoted labels included), as the manifest module writes it
+    entries = [Entry("a", "audio/a.flac", ("/m/1", "/m/2")), Entry("b", "audio/b.flac", ("/m/1",))]
+    write_manifest(tmp_path / "train.csv", entries)
+    (tmp_path / "other.csv").write_text("x,y\n1,2\n")
+    params = Params.model_validate({"tracking": {"uri": store_uri}})
+    with stage_run(params, "weights") as run:
+        run.log_dataset(tmp_path / "train.csv", "manifest")
+        run.log_dataset(tmp_path / "other.csv", "manifest")
+    found = {d.dataset.name: d.dataset for d in MlflowClient(store_uri).get_run(run.run_id).inputs.dataset_inputs}
+    assert len(read_manifest(tmp_path / "train.csv")) == 2
+    assert found[str(tmp_path / "train.csv")].profile == '{"num_clips": 2}'
+    assert found[str(tmp_path / "other.csv")].profile == '{"num_clips": null}'  # not a manifest: no count
 
 
 def test_the_ablation_run_of_a_variant_adopts_its_experiments_pipeline_run(store_uri, monkeypatch):

@@ -7,6 +7,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.core.mlflow_store import tracking_uri
 from pipeline.core.params import Params
 from pipeline.core.tracking import stage_run
+from pipeline.data.params import PipelineParams
 from tests.conftest import REPO
 
 WORKER = textwrap.dedent("""
@@ -46,7 +47,8 @@ def test_concurrent_stage_processes_share_one_new_sqlite_store(tmp_path):
 
 
 def test_run_carries_stage_tags_params_and_artifacts(tmp_path, store_uri):
-    params = Params.model_validate({"tracking": {"uri": store_uri}})
+    # the params a stage loads: the plug-ins' sections are logged too
+    params = PipelineParams.model_validate({"tracking": {"uri": store_uri}})
     note = tmp_path / "report.json"
     note.write_text("{}")
     with stage_run(params, "prepare", {"split": "val", "seed": None}) as run:

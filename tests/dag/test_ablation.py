@@ -8,8 +8,9 @@ import subprocess
 
 import pytest
 
-from pipeline.core.params import Params, load_params, to_yaml
+from pipeline.core.params import Params, to_yaml
 from pipeline.dag.ablation import TECHNIQUES, _flatten_exp_show, build_rows, write_reports
+from pipeline.data.params import load_params
 from tests.conftest import REPO
 from tests.workflows.test_workflows import BIN, _project_copy
 
@@ -56,7 +57,9 @@ def test_rows_means_spreads_and_differences(tmp_path):
     assert float(table[2]["delta"]) == pytest.approx(-0.03) and table[1]["mAP_mean"] == ""
     assert table[2]["per_seed"] == "1:0.8600 2:0.9000" and table[2]["overrides"] == "augment.mixup=0.0"
     md = paths["md"].read_text()
-    assert "| - mixup | 0.8800 ± 0.0283 | -0.0300 | 2 |" in md and "`make ablation` in 2.1 min" in md
+    assert "| - mixup | 0.8800 ± 0.0283 | -0.0300 | 2 |" in md and "Produced by `make ablation`; mAP" in md
+    assert "min" not in md.splitlines()[-1]  # the duration goes beside it, not into the committed report
+    assert json.loads((tmp_path / "ablation.timing.json").read_text()) == {"seconds": 125.0, "minutes": 2.1}
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

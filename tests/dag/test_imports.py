@@ -1,8 +1,11 @@
-"""The library's import graph: no cycles, and no `pipeline` module imported inside a function.
+"""The library's import graph: it follows the layers, it has no cycles, and no `pipeline` module is imported
+inside a function.
 
-Every import statement of every module under pipeline/ counts, whether or not a run reaches it, except
-those under `if TYPE_CHECKING:` (annotations only, never run). An edge goes to the module named, not to
-the packages above it.
+The layers, lowest first (docs/architecture.md): core < data < features < labels < training < evaluation <
+tagging < dag < stages, one package each. A module imports from its own layer or below, never from a layer
+above, not even for annotations: for the layers every import statement counts, those under
+`if TYPE_CHECKING:` included, and no exception is listed. For cycles only the imports that run count
+(type-only ones are left out). An edge goes to the module named, not to the packages above it.
 """
 
 import ast
@@ -11,6 +14,7 @@ from pathlib import Path
 from tests.conftest import REPO
 
 PACKAGE = REPO / "pipeline"
+LAYERS = ("core", "data", "features", "labels", "training", "evaluation", "tagging", "dag", "stages")
 
 
 def _module_name(path: Path) -> str:
@@ -21,26 +25,29 @@ def _module_name(path: Path) -> str:
 MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def _type_checking_nodes(tree: ast.Module) -> set[int]:
-    return {
-        id(inner)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-        for inner in ast.walk(node)
-    }
+def layer(module: str) -> int:
+    """The rank of a module's layer (its package under `pipeline`); the top package `pipeline` itself, a
+    docstring and the version, sits below them all."""
+    parts = module.split(".")
+    return -1 if len(parts) == 1 else LAYERS.index(parts[1])
 
 
-def _imports(module: str) -> list[tuple[ast.stmt, str, bool]]:
-    """(statement, imported pipeline module, at module level) for each runtime import of a pipeline module."""
+def _type_checking_blocks(tree: ast.Module) -> list[ast.If]:
+    return [node for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)]
+
+
+def _imports(module: str) -> list[tuple[ast.stmt, str, bool, bool]]:
+    """(statement, imported pipeline module, at module level, type-only) for each import of a pipeline module;
+    type-only: under `if TYPE_CHECKING:`, which never runs."""
     path = MODULES[module]
     tree = ast.parse(path.read_text(), filename=str(path))
-    skipped = _type_checking_nodes(tree)
+    blocks = _type_checking_blocks(tree)
+    type_only = {id(inner) for block in blocks for inner in ast.walk(block)}
     top = {id(node) for node in tree.body}
+    top |= {id(node) for block in blocks if id(block) in top for node in block.body}  # module-level blocks
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = []
     for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -52,12 +59,27 @@ def _imports(module: str) -> list[tuple[ast.stmt, str, bool]]:
             names = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
         else:
             continue
-        found += [(node, name, id(node) in top) for name in names if name in MODULES]
+        found += [(node, name, id(node) in top, id(node) in type_only) for name in names if name in MODULES]
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
-    return {module: {target for _node, target, _top in _imports(module)} for module in MODULES}
+def import_graph(type_only: bool = False) -> dict[str, set[str]]:
+    """Each module's imported pipeline modules: the imports that run, and with `type_only` the ones under
+    `if TYPE_CHECKING:` too."""
+    return {
+        module: {target for _node, target, _top, only in _imports(module) if type_only or not only}
+        for module in MODULES
+    }
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a module from a layer above its own, as `importer -> imported (layer imports layer)`."""
+    return sorted(
+        f"{module} -> {target} ({LAYERS[layer(module)]} imports {LAYERS[layer(target)]})"
+        for module, targets in graph.items()
+        for target in targets
+        if layer(target) > layer(module)
+    )
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -91,6 +113,41 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def test_every_package_is_a_layer():
+    packages = {module.split(".")[1] for module in MODULES if "." in module}
+    assert packages == set(LAYERS), "a package under pipeline/ that is not a layer: give it a place in LAYERS"
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    graph = import_graph(type_only=True)
+    assert len(graph) > 40 and sum(map(len, graph.values())) > 100  # the graph was really read
+    assert upward_imports(graph) == [], "imports against the layers (core < data < ... < stages)"
+
+
+def test_the_layer_check_finds_an_upward_import_type_only_included(tmp_path, monkeypatch):
+    graph = {
+        "pipeline": set(),
+        "pipeline.core.params": {"pipeline.core.schema", "pipeline.data.registry", "pipeline"},
+        "pipeline.data.registry": {"pipeline.core.params", "pipeline.data.demo"},
+        "pipeline.training.train": {"pipeline.evaluation.score", "pipeline.training.loader"},
+        "pipeline.stages.train": {"pipeline.training.train", "pipeline.core.cli"},
+    }
+    assert upward_imports(graph) == [
+        "pipeline.core.params -> pipeline.data.registry (core imports data)",
+        "pipeline.training.train -> pipeline.evaluation.score (training imports evaluation)",
+    ]
+    # an annotation-only import is against the layers too
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from pipeline.core.errors import PipelineError\n"
+        "if TYPE_CHECKING:\n    from pipeline.data.params import PipelineParams\n"
+    )
+    monkeypatch.setitem(MODULES, "pipeline.core.probe", probe)
+    assert "pipeline.data.params" not in import_graph()["pipeline.core.probe"]
+    assert "pipeline.core.probe -> pipeline.data.params (core imports data)" in upward_imports(import_graph(True))
+
+
 def test_the_import_graph_has_no_cycles():
     graph = import_graph()
     assert len(graph) > 40 and sum(map(len, graph.values())) > 100  # the graph was really read
@@ -100,7 +157,7 @@ def test_the_import_graph_has_no_cycles():
 def test_no_pipeline_module_is_imported_inside_a_function():
     late = []
     for module, path in MODULES.items():
-        late += [f"{path.relative_to(REPO)}:{node.lineno}" for node, _name, top in _imports(module) if not top]
+        late += [f"{path.relative_to(REPO)}:{node.lineno}" for node, _name, top, _only in _imports(module) if not top]
     assert late == [], "function-local imports of pipeline modules (import them at the top of the module)"
 
 
@@ -112,7 +169,7 @@ def test_the_cycle_finder_finds_a_cycle_and_a_self_import():
 
 def test_the_graph_reads_every_import_form(tmp_path, monkeypatch):
     # a stand-in module using each form the library uses: from-import of a module, of a name, plain import,
-    # one inside a function (flagged by the test above), one under TYPE_CHECKING (not an edge)
+    # one inside a function (flagged by the test above), one under TYPE_CHECKING (module level, type-only)
     source = (
         "from typing import TYPE_CHECKING\n"
         "from pipeline.data import demo\n"
@@ -124,10 +181,11 @@ def test_the_graph_reads_every_import_form(tmp_path, monkeypatch):
     path = tmp_path / "probe.py"
     path.write_text(source)
     monkeypatch.setitem(MODULES, "pipeline.probe", path)
-    found = sorted((name, top) for _node, name, top in _imports("pipeline.probe"))
+    found = sorted((name, top, only) for _node, name, top, only in _imports("pipeline.probe"))
     assert found == [
-        ("pipeline.core.errors", True),
-        ("pipeline.core.io", True),
-        ("pipeline.data.demo", True),
-        ("pipeline.labels.plan", False),
+        ("pipeline.core.errors", True, False),
+        ("pipeline.core.io", True, False),
+        ("pipeline.core.params", True, True),
+        ("pipeline.data.demo", True, False),
+        ("pipeline.labels.plan", False, False),
     ]

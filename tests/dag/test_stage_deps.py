@@ -22,13 +22,38 @@ def test_the_modules_that_choose_and_shape_the_results_are_deps():
     fbank options and the schema come from features.py and config.py, and evaluate runs the model."""
     stages = stage_deps.stages(REPO / "dvc.yaml")
     for stage in ("train", "teacher"):
-        assert {"pipeline/evaluation/score.py", "pipeline/features/features.py", "pipeline/core/params.py"} <= set(
+        assert {"pipeline/core/metrics.py", "pipeline/features/features.py", "pipeline/core/params.py"} <= set(
             stages[stage]["code"]
         )
-    assert {"pipeline/training/model.py", "pipeline/training/train.py"} <= set(stages["evaluate"]["code"])
+    evaluate_code = set(stages["evaluate"]["code"])
+    runs_the_model = {"pipeline/training/model.py", "pipeline/training/checkpoint.py", "pipeline/training/predict.py"}
+    assert runs_the_model <= evaluate_code
+    assert "pipeline/training/train.py" not in evaluate_code  # evaluating does not depend on the training loop
     for name, stage in stages.items():
         assert stage["code"][0] == stage_deps.module_file(stage["module"]), name  # the script first
         assert not set(stage["code"]) & set(stage_deps.EXEMPT), name
+
+
+def test_a_plugins_download_and_decode_code_is_no_dep_of_training():
+    """The params schema imports the plug-ins' params sections, never their code: editing AudioSet's fetcher
+    (or any plug-in module, or the registry) reruns the stages that list data, not training; editing a
+    params section reruns everything that loads params."""
+    plugin_code = {
+        "pipeline/data/registry.py",
+        "pipeline/data/audioset/__init__.py",
+        "pipeline/data/audioset/fetcher.py",
+        "pipeline/data/audioset/decode.py",
+        "pipeline/data/demo.py",
+        "pipeline/data/folder.py",
+        "pipeline/data/fsd50k.py",
+    }
+    sections = {f"pipeline/data/sections/{name}.py" for name in ("audioset", "demo", "folder", "fsd50k")}
+    for stage in ("train", "teacher", "average", "evaluate"):
+        deps = set(stage_deps.code_deps(f"pipeline.stages.{stage}"))
+        assert not deps & plugin_code, (stage, sorted(deps & plugin_code))
+        assert {"pipeline/data/params.py", *sections} <= deps, stage
+    for stage in ("metadata", "prepare"):
+        assert plugin_code <= set(stage_deps.code_deps(f"pipeline.stages.{stage}")), stage
 
 
 def test_exempt_modules_exist_and_cannot_change_an_output():
@@ -88,14 +113,14 @@ def test_closure_follows_every_import_form_and_stops_at_exempt_modules(tmp_path)
 def test_write_puts_back_what_is_missing_and_removes_what_is_extra(tmp_path):
     text = (REPO / "dvc.yaml").read_text()
     assert stage_deps.rewrite(text, REPO) == text  # in step: nothing to change
-    stale = text.replace("      - pipeline/evaluation/score.py\n", "", 1).replace(
+    stale = text.replace("      - pipeline/core/metrics.py\n", "", 1).replace(
         "      - pipeline/stages/stats.py\n", "      - pipeline/stages/stats.py\n      - pipeline/core/tracking.py\n", 1
     )
     assert stale != text
     (tmp_path / "dvc.yaml").write_text(stale)
     problems = stage_deps.differences(tmp_path / "dvc.yaml", REPO)
     assert any(
-        p.startswith("teacher: missing pipeline/evaluation/score.py (imported: pipeline/stages/teacher.py")
+        p.startswith("teacher: missing pipeline/core/metrics.py (imported: pipeline/stages/teacher.py")
         for p in problems
     )
     assert any(p.startswith("stats: extra pipeline/core/tracking.py (exempt") for p in problems)

@@ -15,15 +15,15 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pipeline.core.params import load_params
+from pipeline.core.metrics import evaluate
 from pipeline.core.schema import ParamsError
 from pipeline.data import audioset
 from pipeline.data.classes import ClassList
 from pipeline.data.listing import Item, Rejected
+from pipeline.data.params import load_params
 from pipeline.data.prepare import prepare_split
 from pipeline.data.registry import class_metadata, list_split
 from pipeline.evaluation.evaluate import Entry, Evaluation, Split, metrics_document, summary_table
-from pipeline.evaluation.score import evaluate
 from tests.conftest import REPO, run_module, write_params
 from tests.data.test_download import serve
 
@@ -210,7 +210,7 @@ def test_metadata_command_fetches_everything_and_counts(tmp_path, remote):
     """`fetch` (what `python -m pipeline.data` runs first) downloads the metadata every split needs, so
     counting the splits afterwards (the command's own job) asks the server for nothing more."""
     params = _params(tmp_path, remote, val_fraction=0.25)
-    out = audioset.fetch(params)
+    out = audioset.fetch(params.data.shared, params.data.audioset)
     assert len(out) == 1 and out[0].startswith("4 classes, 4 ontology entries")
     assert out[0].endswith(f"metadata in {tmp_path / 'data/downloads/audioset'}")
     fetched = Counter(p for p, _ in remote.requests)

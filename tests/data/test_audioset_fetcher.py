@@ -98,7 +98,8 @@ def test_permanent_errors_are_retried_when_asked(tmp_path, remote, fake_yt_dlp):
 
 def test_hostile_id_never_reaches_a_process(tmp_path, remote, fake_yt_dlp, monkeypatch):
     hostile = Segment("abc;rm -rf /x", 0.0, 10.0, ("/m/09x0r",), "eval", "x.csv", 3)
-    fetcher = Fetcher(_params(tmp_path, remote))
+    params = _params(tmp_path, remote)
+    fetcher = Fetcher(params.data.shared, params.data.audioset)
     started = []
     monkeypatch.setattr("pipeline.data.audioset.process.subprocess.Popen", lambda *a, **k: started.append(a) or 1 / 0)
     with pytest.raises(AudioProblem) as err:

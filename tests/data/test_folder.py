@@ -1,12 +1,17 @@
 import pytest
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import load_params
+from pipeline.data import folder
 from pipeline.data.classes import UnknownLabel, read_classes
-from pipeline.data.folder import list_split as list_folder
 from pipeline.data.listing import Item, Rejected
+from pipeline.data.params import load_params
 from pipeline.data.registry import class_metadata, list_split
 from tests.conftest import write_params
+
+
+def list_folder(params, split, classes):
+    """The plug-in itself, called as the registry calls it: the shared data settings and its own section."""
+    return folder.list_split(params.data.shared, params.data.folder, split, classes)
 
 
 def test_label_resolver_takes_mids_and_names_with_commas(audio_classes):

@@ -7,9 +7,6 @@ import csv
 import hashlib
 import io
 import json
-import shutil
-import struct
-import subprocess
 import zipfile
 
 import numpy as np
@@ -17,13 +14,13 @@ import pytest
 import soundfile as sf
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import load_params
 from pipeline.data import __main__ as data_command
 from pipeline.data.download import DownloadError
-from pipeline.data.fsd50k import reassemble_split_zip
 from pipeline.data.listing import Item, Rejected
+from pipeline.data.params import load_params
 from pipeline.data.prepare import prepare_split
 from pipeline.data.registry import class_metadata, list_split
+from pipeline.data.split_zip import CentralEntry, EndRecord
 from tests.conftest import FIXTURES, run_module, write_params
 from tests.data.test_download import closed_port, serve
 
@@ -63,23 +60,22 @@ def _zip(members: dict[str, bytes]) -> bytes:
 
 def split_zip(data: bytes, parts: int) -> list[bytes]:
     """What `zip -s` writes: a spanning signature, then the bytes cut into parts with per-part offsets."""
-    eocd = data.rfind(b"PK\x05\x06")
-    _, _, _, _, count, cd_size, cd_offset, _ = struct.unpack_from("<4s4H2LH", data, eocd)
-    body = b"PK\x07\x08" + data[:cd_offset]
+    end = EndRecord._make(EndRecord.FORMAT.unpack_from(data, data.rfind(EndRecord.SIGNATURE)))
+    body = b"PK\x07\x08" + data[: end.cd_offset]
     starts = [len(body) * i // parts for i in range(parts)]
-    central, pos, new_cd = data[cd_offset : cd_offset + cd_size], 0, b""
+    central, pos, new_cd = data[end.cd_offset : end.cd_offset + end.cd_size], 0, b""
     while pos < len(central):
-        fields = list(struct.unpack_from("<4s4B4HL2L5H2L", central, pos))
-        size = 46 + fields[12] + fields[13] + fields[14]
-        absolute = fields[18] + 4
+        entry = CentralEntry._make(CentralEntry.FORMAT.unpack_from(central, pos))
+        size = CentralEntry.FORMAT.size + entry.name_length + entry.extra_length + entry.comment_length
+        absolute = entry.offset + 4
         disk = max(i for i, s in enumerate(starts) if s <= absolute)
-        fields[15], fields[18] = disk, absolute - starts[disk]
-        new_cd += struct.pack("<4s4B4HL2L5H2L", *fields) + central[pos + 46 : pos + size]
+        entry = entry._replace(disk=disk, offset=absolute - starts[disk])
+        new_cd += CentralEntry.FORMAT.pack(*entry) + central[pos + CentralEntry.FORMAT.size : pos + size]
         pos += size
     chunks = [body[s:e] for s, e in zip(starts, starts[1:] + [len(body)])]
     last = parts - 1
-    chunks[-1] += new_cd + struct.pack(
-        "<4s4H2LH", b"PK\x05\x06", last, last, count, count, len(new_cd), len(chunks[-1]), 0
+    chunks[-1] += new_cd + EndRecord.FORMAT.pack(
+        EndRecord.SIGNATURE, last, last, end.entries, end.entries, len(new_cd), len(chunks[-1]), 0
     )
     return chunks
 
@@ -242,39 +238,6 @@ def test_local_extracted_release_needs_no_network(tmp_path):
     assert [e.clip_id for e in manifest] == ["16401", "20"] and report.skipped == 0
     with pytest.raises(PipelineError, match="FSD50K.eval_audio: not found.*source=local"):
         list_split(params, "eval", classes)
-
-
-@pytest.mark.skipif(shutil.which("zip") is None, reason="Info-ZIP's zip not installed")
-@pytest.mark.parametrize("zip64", [False, True], ids=["zip", "zip64"])
-def test_reassembles_split_zips_written_by_info_zip(tmp_path, zip64):
-    source = tmp_path / "FSD50K.dev_audio"
-    source.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(5):
-        (source / f"{i}.wav").write_bytes(rng.integers(0, 256, 40000, dtype=np.uint8).tobytes())
-    subprocess.run(
-        ["zip", "-q", "-r", "-s", "64k", *(["-fz"] if zip64 else []), "FSD50K.dev_audio.zip", "FSD50K.dev_audio"],
-        cwd=tmp_path,
-        check=True,
-    )
-    parts = sorted(tmp_path.glob("FSD50K.dev_audio.z[0-9]*")) + [tmp_path / "FSD50K.dev_audio.zip"]
-    assert len(parts) >= 3
-    out = reassemble_split_zip(parts, tmp_path / "joined.zip")
-    with zipfile.ZipFile(out) as zf:
-        assert zf.testzip() is None
-        for i in range(5):
-            assert zf.read(f"FSD50K.dev_audio/{i}.wav") == (source / f"{i}.wav").read_bytes()
-
-
-def test_a_missing_part_is_a_clear_error(tmp_path):
-    chunks = split_zip(_zip({f"a/{i}.wav": bytes(range(256)) * 200 for i in range(6)}), 3)
-    paths = []
-    for i, chunk in enumerate(chunks):
-        paths.append(tmp_path / f"p{i}")
-        paths[-1].write_bytes(chunk)
-    with pytest.raises(PipelineError, match="more parts than the 2 given"):
-        reassemble_split_zip(paths[1:], tmp_path / "out.zip")
-    assert not (tmp_path / "out.zip").exists()
 
 
 def test_class_list_is_the_200_classes_in_vocabulary_order(tmp_path):

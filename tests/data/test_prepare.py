@@ -122,7 +122,9 @@ def test_sharded_prepare_merges_to_the_unsharded_result(tmp_path, tiny_params):
             str(parts / "train.json"),
         )
     assert sorted(str(p.relative_to(parts)) for p in parts.glob("train.shards/*")) == sorted(
-        f"train.shards/{i}.{ext}" for i in range(3) for ext in ("csv", "json")
+        f"train.shards/{i}.{ext}"
+        for i in range(3)
+        for ext in ("csv", "json", "timing.json")  # the run's time beside
     )
     _prepare(
         tmp_path,

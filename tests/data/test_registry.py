@@ -1,5 +1,6 @@
 """The dataset registry: every plug-in keeps the contract, its params section is in the schema, and a new
-dataset is one module plus its name on the registry's import line (shown end to end on a copy)."""
+dataset is two modules, its params section and its plug-in, plus its name on the import lines of the schema
+and of the registry (shown end to end on a copy)."""
 
 import csv
 import json
@@ -12,28 +13,39 @@ import textwrap
 import pytest
 
 from pipeline.core import schema
-from pipeline.core.params import Params, ParamsError, load_params
+from pipeline.core.params import DataSettings, ParamsError
+from pipeline.dag import stage_deps
+from pipeline.data import registry
 from pipeline.data.listing import Item, Listing, Rejected
+from pipeline.data.params import DATASET_SECTIONS, PipelineParams, load_params, validate
 from pipeline.data.registry import DATASETS
 from tests.conftest import REPO, run_module, write_params
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
 def test_every_plugin_keeps_the_contract(name):
-    plugin = DATASETS[name]
-    assert plugin.NAME == name
-    assert issubclass(plugin.Section, schema.Section)
+    plugin, section = DATASETS[name], DATASET_SECTIONS[name]
+    assert plugin.NAME == section.NAME == name
     assert callable(plugin.class_metadata) and callable(plugin.list_split)
-    assert plugin.SPLITS is None or set(plugin.SPLITS) <= {"train", "val", "eval"}
-    assert isinstance(getattr(Params().data, name), plugin.Section)  # its section data.<name>, defaults
+    assert issubclass(section.Section, schema.Section)
+    assert section.SPLITS is None or set(section.SPLITS) <= {"train", "val", "eval"}
+    assert isinstance(getattr(PipelineParams().data, name), section.Section)  # its section data.<name>, defaults
 
 
 def test_the_registry_holds_the_four_datasets_and_the_schema_only_those():
-    assert list(DATASETS) == ["audioset", "demo", "folder", "fsd50k"]
+    assert list(DATASETS) == list(DATASET_SECTIONS) == ["audioset", "demo", "folder", "fsd50k"]
     with pytest.raises(ParamsError, match="data.dataset.*'audioset', 'demo', 'folder' or 'fsd50k'"):
-        from pipeline.core.params import validate
-
         validate({"data": {"dataset": "esc50"}}, "params.yaml")
+
+
+def test_a_plugin_receives_the_shared_settings_and_its_own_section(monkeypatch):
+    params = load_params("/dev/null", ["data.dataset=folder", "data.folder.csv=a.csv", "data.folder.classes=c.csv"])
+    seen = []
+    monkeypatch.setattr(DATASETS["folder"], "class_metadata", lambda data, cfg: seen.append((data, cfg)))
+    registry.class_metadata(params)
+    [(data, cfg)] = seen
+    assert type(data) is DataSettings and data.root == "data" and data.splits == ["train", "val", "eval"]
+    assert not hasattr(data, "folder") and cfg is params.data.folder and cfg.csv == "a.csv"
 
 
 def test_a_plugins_own_checks_and_splits_are_applied(tmp_path):
@@ -44,7 +56,7 @@ def test_a_plugins_own_checks_and_splits_are_applied(tmp_path):
     with pytest.raises(ParamsError, match="needs data.audioset.local_dir"):
         load_params(path)
     path = write_params(tmp_path / "params.yaml", {"data": {"dataset": "audioset", "audioset": {"val": "eval"}}})
-    assert load_params(path).data.validates_on_eval and not Params().data.validates_on_eval
+    assert load_params(path).data.validates_on_eval and not PipelineParams().data.validates_on_eval
 
 
 def test_data_command_counts_each_split_of_the_configured_dataset(tmp_path):
@@ -54,15 +66,11 @@ def test_data_command_counts_each_split_of_the_configured_dataset(tmp_path):
     assert "train: 30 clips (0 rows rejected)" in out and "eval: 25 clips (0 rows rejected)" in out
 
 
-TOY = textwrap.dedent(
+TOY_SECTION = textwrap.dedent(
     '''
-    """A toy dataset: tones, two classes; one row is rejected."""
-
-    import numpy as np
+    """The params section data.toy."""
 
     from pipeline.core import schema
-    from pipeline.data.classes import ClassList
-    from pipeline.data.listing import Item, Listing, Rejected
 
     NAME = "toy"
     SPLITS = ("train", "val", "eval")
@@ -71,15 +79,26 @@ TOY = textwrap.dedent(
     class Section(schema.Section):
         clips: int = 3
         seconds: float = 1.0
+    '''
+)
+
+TOY = textwrap.dedent(
+    '''
+    """A toy dataset: tones, two classes; one row is rejected."""
+
+    import numpy as np
+
+    from pipeline.data.classes import ClassList
+    from pipeline.data.listing import Item, Listing, Rejected
+
+    NAME = "toy"
 
 
-    def class_metadata(params):
+    def class_metadata(data, cfg):
         return ClassList(("/t/low", "/t/high"), ("Low", "High")), []
 
 
-    def list_split(params, split, classes):
-        cfg = params.data.toy
-
+    def list_split(data, cfg, split, classes):
         def tone(freq):
             t = np.arange(int(16000 * cfg.seconds)) / 16000
             return lambda: ((0.3 * np.sin(2 * np.pi * freq * t))[None].astype(np.float32), 16000)
@@ -91,26 +110,37 @@ TOY = textwrap.dedent(
 )
 
 
-def test_a_new_dataset_is_one_module_plus_one_registry_line(tmp_path):
+def _add_to_import_line(path, line, name):
+    text = path.read_text()
+    assert text.count(line) == 1, path
+    path.write_text(text.replace(line, f"{line}, {name}"))
+
+
+def test_a_new_dataset_is_two_modules_plus_its_name_on_two_import_lines(tmp_path):
     project = tmp_path / "project"
     shutil.copytree(REPO / "pipeline", project / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    (project / "pipeline" / "data" / "toy.py").write_text(TOY)
-    registry = project / "pipeline" / "data" / "registry.py"
-    line = "from pipeline.data import audioset, demo, folder, fsd50k"
-    assert registry.read_text().count(line) == 1
-    registry.write_text(
-        registry.read_text().replace(line, "from pipeline.data import audioset, demo, folder, fsd50k, toy")
-    )
+    data = project / "pipeline" / "data"
+    (data / "sections" / "toy.py").write_text(TOY_SECTION)
+    (data / "toy.py").write_text(TOY)
     write_params(
         project / "params.yaml",
         {"data": {"dataset": "toy", "toy": {"clips": 4}}, "tracking": {"enabled": False}},
     )
     env = {**os.environ, "PYTHONPATH": str(project)}
 
-    def stage(*args):
+    def stage(*args, ok=True):
         proc = subprocess.run([sys.executable, "-m", *args], cwd=project, env=env, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
+        assert (proc.returncode == 0) == ok, proc.stderr
         return proc
+
+    _add_to_import_line(data / "params.py", "from pipeline.data.sections import audioset, demo, folder, fsd50k", "toy")
+    # the section without its plug-in: the registry says what is missing, before any stage runs
+    failed = stage("pipeline.stages.metadata", "--classes", "data/classes.csv", ok=False)
+    assert "import each dataset's plug-in here and its section in pipeline/data/params.py" in failed.stderr
+    _add_to_import_line(data / "registry.py", "from pipeline.data import audioset, demo, folder, fsd50k", "toy")
+    # training depends on the toy's params section, not on its code
+    deps = stage_deps.code_deps("pipeline.stages.train", project)
+    assert "pipeline/data/sections/toy.py" in deps and "pipeline/data/toy.py" not in deps
 
     stage("pipeline.stages.metadata", "--classes", "data/classes.csv", "--ontology", "data/ontology.json")
     assert [r["mid"] for r in csv.DictReader(open(project / "data" / "classes.csv"))] == ["/t/low", "/t/high"]

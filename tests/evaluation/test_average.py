@@ -14,9 +14,9 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_write_json
-from pipeline.core.params import load_params
 from pipeline.data.classes import read_classes, write_classes
 from pipeline.data.manifest import write_manifest
+from pipeline.data.params import load_params
 from pipeline.data.prepare import prepare_split
 from pipeline.data.registry import class_metadata, list_split
 from pipeline.evaluation.average import (
@@ -29,9 +29,11 @@ from pipeline.evaluation.average import (
 )
 from pipeline.features.features import extract_features, normalisation_stats
 from pipeline.labels.weights import label_matrix, sample_weights, weights_by_clip, write_weights
+from pipeline.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.training.loader import Normaliser
 from pipeline.training.model import create_model
-from pipeline.training.train import Inputs, load_checkpoint, model_from_checkpoint, predict, save_checkpoint, train
+from pipeline.training.predict import predict
+from pipeline.training.train import Inputs, train
 from tests.conftest import REPO
 
 TINY = REPO / "presets" / "tiny.yaml"

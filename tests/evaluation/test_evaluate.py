@@ -9,9 +9,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import load_params
+from pipeline.core.metrics import evaluate
 from pipeline.core.predictions import read_predictions
 from pipeline.data.classes import ClassList, read_classes
+from pipeline.data.params import load_params
 from pipeline.evaluation.evaluate import (
     EXTRA_ENSEMBLE,
     SEED_ENSEMBLE,
@@ -23,9 +24,9 @@ from pipeline.evaluation.evaluate import (
     summary_table,
     write_outputs,
 )
-from pipeline.evaluation.score import evaluate
+from pipeline.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.training.loader import Normaliser
-from pipeline.training.train import load_checkpoint, model_from_checkpoint, predict, save_checkpoint
+from pipeline.training.predict import predict
 from tests.conftest import run_module
 from tests.evaluation.test_average import SEEDS, TINY, tiny_params, trained  # noqa: F401  (trained: the shared fixture)
 

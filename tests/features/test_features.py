@@ -9,12 +9,12 @@ import torch
 import torchaudio.compliance.kaldi as kaldi
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.features_layout import CONTENT_DIGEST
 from pipeline.core.params import Features
 from pipeline.core.shards import shard_path
 from pipeline.data.classes import ClassList
 from pipeline.data.manifest import Entry, write_manifest
 from pipeline.features.features import extract_features, merge_shards, normalisation_stats, relabel
-from pipeline.features.layout import CONTENT_DIGEST
 from tests.conftest import run_module, tone
 
 CLASSES = ClassList(("/m/a", "/m/b", "/m/c"), ("A", "B", "C"))

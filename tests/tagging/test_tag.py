@@ -18,7 +18,6 @@ from pipeline.data.manifest import read_manifest
 from pipeline.evaluation.average import average_checkpoints
 from pipeline.tagging.command import main
 from pipeline.tagging.tag import (
-    REQUIRED_KEYS,
     input_length,
     load_tagger,
     plan_windows,
@@ -27,7 +26,8 @@ from pipeline.tagging.tag import (
     window_fbanks,
 )
 from pipeline.training.augment import prepare_eval_batch
-from pipeline.training.train import load_checkpoint, save_checkpoint, train
+from pipeline.training.checkpoint import REQUIRED_KEYS, load_checkpoint, save_checkpoint
+from pipeline.training.train import train
 from tests.conftest import REPO, run_module, tone, write_encoded
 from tests.training.test_train import _inputs, _params, tiny_data  # noqa: F401  (tiny_data: the module-scoped tiny data)
 

@@ -17,11 +17,12 @@ from pipeline.core.params import Features, Model, Params, Train
 from pipeline.core.predictions import read_predictions
 from pipeline.data.classes import read_classes
 from pipeline.data.manifest import Entry
+from pipeline.data.params import PipelineParams
 from pipeline.evaluation.evaluate import EXTRA_ENSEMBLE, Predictor, evaluate_runs, load_split
 from pipeline.features.features import extract_features
+from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training.import_psla import PAPER_FEATURES, PAPER_MODEL, import_released
 from pipeline.training.model import create_model
-from pipeline.training.train import load_checkpoint, save_checkpoint
 from tests.conftest import AUDIOSET_META, run_module, write_params
 from tests.psla_reference import OfficialEffNetAttention, official_fbank, official_model, released_state
 
@@ -76,7 +77,8 @@ def released(tmp_path_factory):
         "features": root / "eval.h5",
         "official": official_scores,
         "official_float16": rounded_scores,
-        "params": Params(train=Train(num_workers=0, batch_size=4, device="cpu")),
+        # the whole pipeline's params (with the dataset plug-ins' sections): evaluate_runs reads data.validates_on_eval
+        "params": PipelineParams(train=Train(num_workers=0, batch_size=4, device="cpu")),
     }
 
 
@@ -84,7 +86,7 @@ def test_imported_scores_equal_the_official_models_on_its_eval_fbanks(released, 
     """Our features + predict on the imported file: the official model's scores on the official loader's
     fbanks, up to the float16 storage of our features (and exactly those of the official model on the
     float16-rounded fbanks)."""
-    from pipeline.training.train import predict_file
+    from pipeline.training.predict import predict_file
 
     payload = load_checkpoint(released["imported"])
     assert payload["fbank_options"]["num_mel_bins"] == 128 and payload["fbank_options"]["frame_shift"] == 10.0

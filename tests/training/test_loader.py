@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import Params, load_params
+from pipeline.core.params import Params
+from pipeline.data.params import load_params
 from pipeline.training.loader import (
     FeatureDataset,
     Normaliser,

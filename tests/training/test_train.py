@@ -1,3 +1,4 @@
+import ast
 import json
 import os
 import signal
@@ -6,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -13,15 +15,16 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_write_json
-from pipeline.core.params import load_params
 from pipeline.data.classes import read_classes, write_classes
 from pipeline.data.manifest import write_manifest
+from pipeline.data.params import load_params
 from pipeline.data.prepare import prepare_split
 from pipeline.data.registry import class_metadata, list_split
 from pipeline.features.features import extract_features, normalisation_stats
 from pipeline.labels.weights import label_matrix, sample_weights, weights_by_clip, write_weights
+from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.loader import Normaliser
-from pipeline.training.train import Inputs, learning_rate, load_checkpoint, train
+from pipeline.training.train import Inputs, learning_rate, train
 from tests.conftest import REPO, run_module
 
 TINY = REPO / "presets" / "tiny.yaml"
@@ -142,7 +145,10 @@ def test_training_writes_checkpoints_history_and_improves(tiny_data, tmp_path):
         _params(tiny_data, "train.epochs=3", "average.wa_end=3"), _inputs(tiny_data), out, seed=1, progress=False
     )
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["best.pt", "curves.png", "epoch_001.pt", "epoch_002.pt", "epoch_003.pt", "history.csv", "last.pt"]
+    assert names == [
+        *["best.pt", "curves.png", "epoch_001.pt", "epoch_002.pt", "epoch_003.pt"],
+        *["history.csv", "history.timing.csv", "last.pt"],  # the timings: beside the history, ignored by git and DVC
+    ]
     lines = (out / "history.csv").read_text().splitlines()
     assert lines[0].startswith("epoch,step,lr,train_loss,val_loss,val_mAP") and len(lines) == 4
     last = load_checkpoint(out / "last.pt")
@@ -205,6 +211,8 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(tiny_data, tmp_
     assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"]
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
+    # the history (the committed plots file is its copy) is the uninterrupted run's, byte for byte
+    assert (resumed / "history.csv").read_bytes() == (tmp_path / "straight" / "history.csv").read_bytes()
 
 
 def test_checkpoints_of_other_params_or_data_are_not_resumed(tiny_data, tmp_path, capsys):
@@ -237,6 +245,17 @@ def test_non_finite_loss_stops_with_the_step(tiny_data, tmp_path):
     inputs.norm = Normaliser(0.0, 0.0)  # every input becomes inf/nan
     with pytest.raises(PipelineError, match=r"non-finite training loss .* at step 1, epoch 1"):
         train(_params(tiny_data), inputs, tmp_path / "nan", seed=1, progress=False)
+
+
+def test_an_empty_training_split_is_a_one_line_error(tiny_data, tmp_path):
+    inputs = _inputs(tiny_data)
+    with h5py.File(inputs.train_features) as source, h5py.File(tmp_path / "empty.h5", "w") as empty:
+        for name in ("fbank", "labels", "clip_id", "n_frames"):
+            empty.create_dataset(name, shape=(0, *source[name].shape[1:]), dtype=source[name].dtype)
+        empty.attrs.update(source.attrs)
+    inputs.train_features, inputs.weights = tmp_path / "empty.h5", None
+    with pytest.raises(PipelineError, match=r"empty.h5: no clips to train on \(the features stage wrote none"):
+        train(_params(tiny_data), inputs, tmp_path / "run", seed=1, progress=False)
 
 
 def test_train_and_predict_stages_log_to_mlflow(tiny_data, tmp_path, store_uri):
@@ -298,6 +317,20 @@ def test_train_and_predict_stages_log_to_mlflow(tiny_data, tmp_path, store_uri):
     scores, clip_ids, class_ids = read_predictions(tmp_path / "p.npz")
     assert scores.shape == (24, 17) and clip_ids[0] == "demo-train-000000" and len(class_ids) == 17
     assert ((scores > 0) & (scores < 1)).all()
+
+
+def test_only_the_train_stage_imports_the_training_loop():
+    """Readers of checkpoints (tagging, evaluation, averaging, prediction) import the checkpoint and
+    prediction modules, never the DDP training loop."""
+    importers = set()
+    for path in sorted((REPO / "pipeline").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            if "pipeline.training.train" in names:
+                importers.add(path.relative_to(REPO).as_posix())
+    assert {p for p in importers if not p.startswith("pipeline/training/")} == {"pipeline/stages/train.py"}
 
 
 def test_foreign_checkpoint_is_a_one_line_error(tmp_path):

@@ -183,8 +183,9 @@ def test_a_tracked_pipeline_as_people_browse_it(tmp_path, no_proxy, monkeypatch)
 
     import soundfile as sf
 
-    from pipeline.core.params import load_params, to_yaml
+    from pipeline.core.params import to_yaml
     from pipeline.data.classes import read_classes
+    from pipeline.data.params import load_params
     from tests.workflows.test_workflows import _project_copy, _run
 
     project = _project_copy(tmp_path)

@@ -13,9 +13,10 @@ import h5py
 import pytest
 import yaml
 
-from pipeline.core.params import load_params, to_yaml
+from pipeline.core.params import to_yaml
 from pipeline.dag import stage_deps
 from pipeline.data.manifest import read_manifest
+from pipeline.data.params import load_params
 from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent
@@ -117,10 +118,10 @@ def test_dvc_repro_then_nothing_to_do_and_snakemake_agrees(tmp_path):
 
     # Code: editing a module reruns the stages whose command imports it (metrics.py chooses best.pt, and
     # evaluate scores with it); the stages after them follow when their inputs change (content hashes).
-    metrics = project / "pipeline/evaluation/score.py"
+    metrics = project / "pipeline/core/metrics.py"
     original = metrics.read_text()
     metrics.write_text(original + "\n# an edit\n")
-    importers = _importers(project, "pipeline/evaluation/score.py", dvc_lock["stages"])
+    importers = _importers(project, "pipeline/core/metrics.py", dvc_lock["stages"])
     assert {"teacher", "train@1", "evaluate"} <= importers
     assert _dvc_planned(project) == importers
     metrics.write_text(original)

@@ -1,7 +1,7 @@
 # Helpers shared by the rules.
 #
 # The config (params.yaml, then any --configfile and --config on top) is validated with the schema of
-# pipeline/core/params.py, as every stage CLI validates its params file: a typo stops the workflow before any
+# pipeline/data/params.py, as every stage CLI validates its params file: a typo stops the workflow before any
 # job, with the same one-line error. The resolved params are written once and passed to every command.
 #
 # What reruns a job, as under `dvc repro` (see the header of dvc.yaml):
@@ -17,7 +17,8 @@ from pathlib import Path
 sys.path.insert(0, workflow.basedir)  # this checkout's pipeline package, installed or not
 
 from pipeline.dag import stage_deps
-from pipeline.core.params import ParamsError, read_yaml, to_yaml, validate
+from pipeline.core.params import ParamsError, read_yaml, to_yaml
+from pipeline.data.params import validate
 from pipeline.core.pipeline_run import mark_execution
 from pipeline.labels.plan import label_plan
 

@@ -20,11 +20,11 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 from queue import Queue
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.params import DataSettings
 from pipeline.data.audio import AudioProblem
 from pipeline.data.audioset.decode import decode_segment
 from pipeline.data.audioset.failures import PERMANENT, classify
@@ -33,9 +33,7 @@ from pipeline.data.audioset.process import RunTimeout, pid_alive, run_argv
 from pipeline.data.audioset.rate_limit import RateLimiter
 from pipeline.data.audioset.segments import Segment, valid_ytid
 from pipeline.data.listing import Item
-
-if TYPE_CHECKING:
-    from pipeline.core.params import Params
+from pipeline.data.sections.audioset import AudioSetData
 
 OFFLINE_AFTER = 3  # segments in a row failing with network errors, before any success: stop
 WATCH_URL = "https://www.youtube.com/watch?v={}"
@@ -44,8 +42,8 @@ WATCH_URL = "https://www.youtube.com/watch?v={}"
 class Fetcher:
     """Downloads segments with yt-dlp; one per `list_split` call, shared by its items."""
 
-    def __init__(self, params: Params):
-        self.cfg = cfg = params.data.audioset
+    def __init__(self, data: DataSettings, cfg: AudioSetData):
+        self.cfg = cfg
         self.limiter = RateLimiter(cfg.rate_limit)
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -60,7 +58,7 @@ class Fetcher:
         self._yt_dlp = self._ffmpeg = None
         self._resolved, self._tools_lock = False, threading.Lock()
         # permanent failures of earlier runs: not tried again unless retry_permanent
-        self.failures_file = meta_dir(params) / "unavailable.tsv"
+        self.failures_file = meta_dir(data, cfg) / "unavailable.tsv"
         self.known_failures = {}
         if self.failures_file.is_file():
             for line in self.failures_file.read_text(errors="replace").splitlines():

@@ -4,21 +4,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pipeline.core.errors import PipelineError
 from pipeline.data.audio import AudioProblem, read_audio
 from pipeline.data.audioset.decode import decode_segment
 from pipeline.data.audioset.segments import Segment
 from pipeline.data.listing import Item
-
-if TYPE_CHECKING:
-    from pipeline.core.params import Params
+from pipeline.data.sections.audioset import AudioSetData
 
 
 class LocalClips:
-    def __init__(self, params: Params):
-        self.cfg = params.data.audioset
+    def __init__(self, cfg: AudioSetData):
+        self.cfg = cfg
         self.root = Path(self.cfg.local_dir)
         if not self.root.is_dir():
             raise PipelineError(f"{self.root}: data.audioset.local_dir is not a folder")

@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from pipeline.core.params import DataSettings
 from pipeline.data.classes import ClassList, read_classes, read_ontology
 from pipeline.data.download import fetch
-
-if TYPE_CHECKING:
-    from pipeline.core.params import Params
+from pipeline.data.sections.audioset import AudioSetData
 
 SEGMENT_SETS = ("balanced_train", "unbalanced_train", "eval")
 
@@ -23,14 +21,13 @@ META_FILES = {
 }
 
 
-def meta_dir(params: Params) -> Path:
-    cfg = params.data.audioset
-    return Path(cfg.meta_dir) if cfg.meta_dir else Path(params.data.root) / "downloads" / "audioset"
+def meta_dir(data: DataSettings, cfg: AudioSetData) -> Path:
+    return Path(cfg.meta_dir) if cfg.meta_dir else Path(data.root) / "downloads" / "audioset"
 
 
-def metadata_file(params: Params, key: str) -> Path:
+def metadata_file(data: DataSettings, cfg: AudioSetData, key: str) -> Path:
     """The local copy of one metadata file, downloaded first when missing."""
-    cfg, folder = params.data.audioset, meta_dir(params)
+    folder = meta_dir(data, cfg)
     dest = folder / META_FILES[key]
     if dest.is_file():
         return dest
@@ -44,8 +41,8 @@ def metadata_file(params: Params, key: str) -> Path:
     )
 
 
-def class_metadata(params: Params) -> tuple[ClassList, list[dict]]:
+def class_metadata(data: DataSettings, cfg: AudioSetData) -> tuple[ClassList, list[dict]]:
     return (
-        read_classes(metadata_file(params, "class_labels_indices")),
-        read_ontology(metadata_file(params, "ontology")),
+        read_classes(metadata_file(data, cfg, "class_labels_indices")),
+        read_ontology(metadata_file(data, cfg, "ontology")),
     )

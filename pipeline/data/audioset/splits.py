@@ -7,9 +7,8 @@ yt-dlp (`source: download`) or a local folder (`source: local`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pipeline.core.errors import PipelineError
+from pipeline.core.params import DataSettings
 from pipeline.data.audioset.fetcher import Fetcher
 from pipeline.data.audioset.holdout import stratified_holdout
 from pipeline.data.audioset.local import LocalClips
@@ -17,32 +16,29 @@ from pipeline.data.audioset.metadata import metadata_file
 from pipeline.data.audioset.segments import Segment, parse_segments
 from pipeline.data.classes import ClassList
 from pipeline.data.listing import Listing, Rejected
-
-if TYPE_CHECKING:
-    from pipeline.core.params import Params
+from pipeline.data.sections.audioset import AudioSetData
 
 
-def segment_sets(cfg, split: str) -> list[str]:
+def segment_sets(cfg: AudioSetData, split: str) -> list[str]:
     """The segment lists that `split` is drawn from: the eval list, or the training pool's."""
     if split == "eval" or (split == "val" and cfg.val == "eval"):
         return ["eval"]
     return ["balanced_train"] + (["unbalanced_train"] if cfg.unbalanced else [])
 
 
-def _segments(params: Params, set_names, known: set[str]) -> list:
+def _segments(data: DataSettings, cfg: AudioSetData, set_names, known: set[str]) -> list:
     entries = []
     for name in set_names:
-        entries += parse_segments(metadata_file(params, name), name, known)
+        entries += parse_segments(metadata_file(data, cfg, name), name, known)
     return entries
 
 
-def list_split(params: Params, split: str, classes: ClassList) -> Listing:
-    cfg = params.data.audioset
+def list_split(data: DataSettings, cfg: AudioSetData, split: str, classes: ClassList) -> Listing:
     if split not in ("train", "val", "eval"):
         raise PipelineError(f"data.splits: AudioSet has the splits train, val, eval (got '{split}')")
     set_names = segment_sets(cfg, split)
     on_eval = set_names == ["eval"]
-    rows = _segments(params, set_names, set(classes.mids))
+    rows = _segments(data, cfg, set_names, set(classes.mids))
 
     seen, kept = set(), []
     for row in rows:
@@ -71,6 +67,6 @@ def list_split(params: Params, split: str, classes: ClassList) -> Listing:
         else:  # rejected rows are reported once, under train
             kept = [row for i, row in enumerate(kept) if i not in val_rows]
 
-    source = Fetcher(params) if cfg.source == "download" else LocalClips(params)
+    source = Fetcher(data, cfg) if cfg.source == "download" else LocalClips(cfg)
     entries = [source.item(row) if isinstance(row, Segment) else row for row in kept]
     return Listing(split, entries, prefetch=getattr(source, "prefetch", None))

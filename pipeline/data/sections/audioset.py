@@ -1,4 +1,5 @@
-"""The params section `data.audioset` (`AudioSetData`) and its `urls` sub-section."""
+"""The params section `data.audioset` (`AudioSetData`, with its `urls` sub-section) of the AudioSet plug-in
+(pipeline.data.audioset), and the checks that apply when AudioSet is selected."""
 
 from __future__ import annotations
 
@@ -6,12 +7,17 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StrictBool
 
-from pipeline.core.schema import AUDIOSET_ONTOLOGY, NonNegative, Positive, Retries, Section
+from pipeline.core import schema
+from pipeline.core.params import DataSettings
+from pipeline.core.schema import AUDIOSET_ONTOLOGY, NonNegative, Positive, Retries
+
+NAME = "audioset"
+SPLITS = ("train", "val", "eval")
 
 AUDIOSET_CSV = "https://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv"
 
 
-class AudioSetUrls(Section):
+class AudioSetUrls(schema.Section):
     """Where the official AudioSet metadata is downloaded from (when not already in meta_dir)."""
 
     class_labels_indices: str = f"{AUDIOSET_CSV}/class_labels_indices.csv"
@@ -21,7 +27,7 @@ class AudioSetUrls(Section):
     eval: str = f"{AUDIOSET_CSV}/eval_segments.csv"
 
 
-class AudioSetData(Section):
+class AudioSetData(schema.Section):
     """AudioSet (pipeline.data.audioset): segment lists + audio by yt-dlp, or a local folder of clips."""
 
     source: Literal["download", "local"] = "download"
@@ -55,3 +61,17 @@ class AudioSetData(Section):
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
     val_seed: int = 0
     val_min_class_clips: Annotated[int, Field(ge=2)] = 2  # classes with this many train clips appear in val
+
+
+Section = AudioSetData
+
+
+def check(data: DataSettings, cfg: AudioSetData) -> None:
+    """Cross-field checks on `data.audioset` when AudioSet is selected."""
+    if cfg.source == "local" and not cfg.local_dir:
+        raise ValueError("data.audioset.source=local needs data.audioset.local_dir")
+
+
+def validates_on_eval(cfg: AudioSetData) -> bool:
+    """`val: eval` (the official recipe): the val split lists the eval segments."""
+    return cfg.val == "eval"

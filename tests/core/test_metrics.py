@@ -13,10 +13,10 @@ from scipy.stats import norm
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.metrics import ap_and_auc, average_precision, d_prime, evaluate, roc_auc
 from pipeline.core.predictions import load_scores_for, read_predictions, write_predictions
 from pipeline.data.classes import read_classes
 from pipeline.data.manifest import Entry, read_manifest, write_manifest
-from pipeline.evaluation.score import ap_and_auc, average_precision, d_prime, evaluate, roc_auc
 from pipeline.labels.weights import label_matrix
 from tests.conftest import AUDIOSET_META, LABEL_FIXTURE, run_module, write_params
 
