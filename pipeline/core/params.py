@@ -106,6 +106,10 @@ class Model(Section):
     name: str = "tf_efficientnet_lite0"
     pretrained: str = "imagenet"  # imagenet | none | path to a local weights file
     stem: Literal["adapt", "random"] = "adapt"  # the paper: random
+    # The initialisation of a stem that is not loaded from weights (stem: random, or pretrained: none): timm's
+    # (normal, std sqrt(2 / fan_out)) or official, PyTorch's default conv init (uniform +-1 / sqrt(fan_in), the
+    # fresh one-channel stem efficientnet_pytorch's from_pretrained(..., in_channels=1) makes). The paper: official.
+    stem_init: Literal["timm", "official"] = "timm"
     heads: Annotated[int, Field(ge=0, le=64)] = 4
     # Stochastic depth: block i of n drops its residual branch with probability drop_path * i / n (the paper: 0.2).
     drop_path: Annotated[float, Field(ge=0, lt=1)] = 0.0
@@ -164,9 +168,20 @@ class Average(Section):
         return self
 
 
+# The kinds of entry in metrics/eval.json (pipeline/evaluation/evaluate.py): a run's best, last, wa,
+# checkpoint-ensemble and last5-mean (the mean val mAP of its last five epochs), and the ensembles over runs.
+EntryKind = Literal[
+    "best", "last", "wa", "checkpoint-ensemble", "last5-mean", "seed-ensemble", "last-ensemble", "extra-ensemble"
+]
+
+
 class Evaluate(Section):
     splits: list[SplitName] = ["eval", "val"]
     extra_members: list[str] = []
+    # The entries a run reports first: the MLflow parent run's metrics, the first lines of metrics/summary.txt;
+    # a run's kind stands for every seed's. The per-class plots show the last kind's (the first seed's).
+    # The demo: the WA models and the ensembles over them; the paper presets: what the official code reports.
+    headline: Annotated[list[EntryKind], Field(min_length=1)] = ["wa", "seed-ensemble", "extra-ensemble"]
 
 
 class Tracking(Section):

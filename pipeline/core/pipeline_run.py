@@ -15,7 +15,8 @@ a file lock beside the SQLite store; later stages find it by that tag. On a shar
 where the lock may not be shared (SLURM nodes), two stages that raced keep the earliest parent and
 delete the other. Stages that DVC or Snakemake skip as up to date run no process, so make no run. The
 parent carries the params (and their hash), the git commit, the dataset and the command; the evaluate
-stage, last in the DAG, logs the headline metrics on it and ends it (`finish_pipeline`). A failing
+stage, last in the DAG, logs the headline metrics on it (`evaluate.headline`, chosen in
+`pipeline/evaluation/evaluate.py`: `headline_metrics`) and ends it (`finish_pipeline`). A failing
 stage marks it FAILED. Under `make ablation`, each variant's experiment is an execution of its own;
 the ablation's run for that variant adopts it (`adopt_experiment`): ablation > variant > pipeline > stages.
 """
@@ -222,19 +223,6 @@ def finish_pipeline(run, metrics: dict[str, float | None], notes: dict[str, str]
     Run(run._store, parent).log_metrics(metrics, notes=notes)
     run._store.call(run._store.client.set_terminated, parent, "FINISHED")
     return parent
-
-
-def headline_metrics(result) -> tuple[dict[str, float | None], dict[str, str]]:
-    """Eval mAP of each weight-averaged model and of the seed ensemble (first evaluated split)."""
-    split = next((s.name for s in result.splits if s.name == "eval"), result.splits[0].name)
-    metrics, notes = {}, {}
-    for name, entry in result.entries.items():
-        if name.endswith("/wa") or name == "seed-ensemble":
-            m = entry.metrics[split]
-            metrics[f"{split}_mAP/{name}"] = m["mAP"]
-            if m.get("mAP_note"):
-                notes[f"{split}_mAP/{name}"] = m["mAP_note"]
-    return metrics, notes
 
 
 def system_metrics(store, run_id: str):

@@ -5,13 +5,22 @@ For each split of `evaluate.splits` (the eval split and the validation split) an
 - `<run>/best`: the best single checkpoint (`best.pt`, chosen on validation mAP by the train stage),
 - `<run>/last`: the last checkpoint (`last.pt`),
 - `<run>/wa`: the weight-averaged model (the average stage's checkpoint),
-- `<run>/checkpoint-ensemble`: the mean of the predictions of every epoch checkpoint of the run;
+- `<run>/checkpoint-ensemble`: the mean of the predictions of every epoch checkpoint of the run,
+- `<run>/last5-mean`: the mean of the run's per-epoch validation mAP over its last five epochs, read from
+  its training history (`last.pt`): the official AudioSet "single model" figure (psla `src/run.py`, which
+  validates on eval). It has no predictions of its own, so it is reported once (with the first split, and
+  the split it was measured on) and left out of the prediction files, per-class CSVs and plots;
 
 and over the runs:
 
-- `seed-ensemble`: the mean of the predictions of the runs' weight-averaged models,
+- `seed-ensemble`: the mean of the predictions of the runs' weight-averaged models (our option),
+- `last-ensemble`: the mean of the predictions of the runs' last models (the official multi-run
+  ensemble: psla `src/ensemble/ensemble.py` averages "the last model of each run"),
 - `extra-ensemble` (when `evaluate.extra_members` names checkpoints of other runs or settings): the
-  mean of those models' predictions and the runs' weight-averaged models' (the paper's 10-model ensemble).
+  mean of those models' predictions and the runs' weight-averaged models'.
+
+`evaluate_members` scores given checkpoints alone, without runs (`member-<i>` each, `members-ensemble`
+their mean): e.g. the ten imported released models of the official 10-model ensemble.
 
 Every epoch checkpoint is run once per split (best and last are among them, so their predictions are
 reused); the checkpoint ensemble is accumulated epoch by epoch in float64, so memory holds a few
@@ -19,7 +28,9 @@ reused); the checkpoint ensemble is accumulated epoch by epoch in float64, so me
 float32). Labels come from the features files (the same file the scores come from, so clips align).
 
 Metrics per model: macro mAP, mean AUC, d-prime (pipeline.core.metrics), the parameter count (for an
-ensemble, the sum over its members: what inference runs) and the number of members.
+ensemble, the sum over its members: what inference runs) and the number of members. The headline
+(`evaluate.headline`: the MLflow parent run's metrics, the first lines of the summary, the model of the
+per-class plots) names kinds of entry.
 """
 
 from __future__ import annotations
@@ -38,8 +49,16 @@ import torch
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_write_json, atomic_write_text
-from pipeline.core.metric_values import NO_POSITIVES, json_ready, value_text
-from pipeline.core.metrics import evaluate
+from pipeline.core.metric_values import (
+    NO_POSITIVES,
+    is_finite,
+    json_ready,
+    non_finite_note,
+    summary_notes,
+    value_text,
+)
+from pipeline.core.metrics import d_prime, evaluate
+from pipeline.core.params import Evaluate
 from pipeline.core.predictions import write_predictions
 from pipeline.data.classes import ClassList
 from pipeline.evaluation import plots
@@ -50,10 +69,16 @@ from pipeline.training.model import count_parameters
 from pipeline.training.predict import predict
 
 SEED_ENSEMBLE = "seed-ensemble"
+LAST_ENSEMBLE = "last-ensemble"
 EXTRA_ENSEMBLE = "extra-ensemble"
+LAST5 = "last5-mean"
+MEMBER = "member"
+MEMBERS_ENSEMBLE = "members-ensemble"
 KINDS = ("best", "last", "wa", "checkpoint-ensemble")
 # the kinds drawn as levels beside the per-epoch curves
-LEVEL_KINDS = ("wa", "checkpoint-ensemble", SEED_ENSEMBLE, EXTRA_ENSEMBLE)
+LEVEL_KINDS = ("wa", "checkpoint-ensemble", SEED_ENSEMBLE, LAST_ENSEMBLE, EXTRA_ENSEMBLE)
+LAST_EPOCHS = 5  # the official single-model figure averages the last five epochs' mAP (psla src/run.py)
+DEFAULT_HEADLINE = tuple(Evaluate().headline)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,7 +237,12 @@ class Entry:
     parameters: int
     scores: dict[str, np.ndarray]
     detail: dict = field(default_factory=dict)
-    metrics: dict[str, dict] = field(default_factory=dict)
+    metrics: dict[str, dict] = field(default_factory=dict)  # split -> metrics, for each split it is reported on
+
+    @property
+    def scored(self) -> bool:
+        """Whether it has predictions of its own (a last5-mean has only its run's history)."""
+        return bool(self.scores)
 
 
 @dataclass
@@ -232,6 +262,15 @@ class Evaluation:
     runs: list[RunResult]
     extra_members: list[str]
     checkpoint_runs: int = 0
+    headline_kinds: tuple[str, ...] = DEFAULT_HEADLINE  # evaluate.headline
+    members: list[str] = field(default_factory=list)  # evaluate_members' checkpoints
+
+    def reported_on(self, split: str) -> dict[str, Entry]:
+        """The entries reported with `split`: every scored one, and the history means with the first split."""
+        return {name: e for name, e in self.entries.items() if split in e.metrics}
+
+    def scored_entries(self) -> dict[str, Entry]:
+        return {name: e for name, e in self.entries.items() if e.scored}
 
 
 class _Mean:
@@ -265,12 +304,6 @@ def _metrics(split: Split, scores: np.ndarray, classes: ClassList) -> dict:
     return evaluate(split.labels, scores, classes.mids)
 
 
-def _header_epoch(path: Path) -> tuple:
-    """`(epoch, fingerprint)` of a checkpoint, read without its weights."""
-    header = load_header(path)
-    return header.get("epoch"), header.get("fingerprint")
-
-
 def run_labels(run_dirs: Sequence[str | Path]) -> list[str]:
     labels = [Path(r).resolve().name for r in run_dirs]
     for i, label in enumerate(labels):
@@ -299,12 +332,48 @@ def evaluate_runs(
     extras = [Path(p) for p in extra_members]
     for spec in ensembles_over_runs(runs, extras, predictor):
         entries[spec.name] = ensemble_entry(spec)
-    for entry in entries.values():
-        for split in splits:
-            entry.metrics[split.name] = _metrics(split, entry.scores[split.name], classes)
+    score_entries(entries, splits, classes)
     return Evaluation(
-        splits, classes, entries, [run.result for run in runs], [str(p) for p in extras], len(predictor.calls)
+        splits,
+        classes,
+        entries,
+        [run.result for run in runs],
+        [str(p) for p in extras],
+        len(predictor.calls),
+        tuple(params.evaluate.headline),
     )
+
+
+def evaluate_members(
+    members: Sequence[str | Path], splits: list[Split], classes: ClassList, predictor: Predictor
+) -> Evaluation:
+    """Given checkpoints alone, without training runs: each one (`member-<i>`, in the order given) and the
+    mean of their predictions (`members-ensemble`), e.g. the imported released models of the official
+    10-model ensemble. Each runs with the model config and normalisation of its own checkpoint."""
+    paths = [Path(p) for p in members]
+    if not paths:
+        raise PipelineError("no checkpoint to evaluate (pass --members CKPT [CKPT ...])")
+    for path in paths:
+        if not path.exists():
+            raise PipelineError(f"--members: {path}: checkpoint not found")
+    models = extra_models(paths, [], predictor, "--members")
+    entries = {
+        f"{MEMBER}-{i}": Entry(f"{MEMBER}-{i}", MEMBER, 1, m.parameters, m.scores, {"checkpoint": str(m.path)})
+        for i, m in enumerate(models, 1)
+    }
+    entries[MEMBERS_ENSEMBLE] = ensemble_entry(EnsembleSpec(MEMBERS_ENSEMBLE, models, {}))
+    score_entries(entries, splits, classes)
+    return Evaluation(
+        splits, classes, entries, [], [], len(predictor.calls), (MEMBERS_ENSEMBLE,), [str(p) for p in paths]
+    )
+
+
+def score_entries(entries: dict[str, Entry], splits: list[Split], classes: ClassList) -> None:
+    """The metrics of every entry with predictions, on every split (a history mean has its own already)."""
+    for entry in entries.values():
+        if entry.scored:
+            for split in splits:
+                entry.metrics[split.name] = _metrics(split, entry.scores[split.name], classes)
 
 
 def check_inputs(
@@ -370,9 +439,11 @@ class EpochPass:
 def score_run(
     params, label: str, run_dir: Path, wa_path: Path, splits: list[Split], classes: ClassList, predictor: Predictor
 ) -> ScoredRun:
-    """Run every checkpoint of one run once, and build its four entries (without metrics)."""
+    """Run every checkpoint of one run once, and build its entries: best, last, wa, checkpoint-ensemble
+    (without metrics) and last5-mean (with its metrics, from the history)."""
     named = best_and_last(run_dir)
-    epoch_of = {kind: _header_epoch(path)[0] for kind, path in named.items()}
+    headers = {kind: load_header(path) for kind, path in named.items()}  # without the weights
+    epoch_of = {kind: header.get("epoch") for kind, header in headers.items()}
     passed = predict_epochs(run_dir, set(epoch_of.values()), splits, classes, predictor)
     models, details = {}, {}
     for kind, path in named.items():
@@ -386,6 +457,8 @@ def score_run(
     models["wa"], details["wa"] = weight_averaged(run_dir, wa_path, predictor)
     entries = [Entry(f"{label}/{kind}", kind, 1, m.parameters, m.scores, details[kind]) for kind, m in models.items()]
     entries.append(checkpoint_ensemble(label, passed))
+    measured_on = "eval" if params.data.validates_on_eval else "val"
+    entries.append(last_five_mean(label, headers["last"].get("history"), passed.parameters, measured_on, splits[0]))
     return ScoredRun(RunResult(label, run_dir, passed.seed, passed.epochs, passed.epoch_mAP), entries, models)
 
 
@@ -446,6 +519,45 @@ def checkpoint_ensemble(label: str, passed: EpochPass) -> Entry:
     )
 
 
+def last_five_mean(label: str, history: list[dict] | None, parameters: int, measured_on: str, first: Split) -> Entry:
+    """`<run>/last5-mean`: the mean of the run's per-epoch validation mAP and mAUC over its last five epochs
+    (all of them when it has fewer), d-prime of that mAUC, as psla `src/run.py` reports its AudioSet single
+    model; `measured_on` says which split the validation watched. Reported with the `first` split."""
+    rows = list(history or [])[-LAST_EPOCHS:]
+    m_ap, ap_note = history_mean(rows, "val_mAP")
+    m_auc, auc_note = history_mean(rows, "val_mAUC")
+    metrics = {"mAP": m_ap, "mAUC": m_auc, "d_prime": d_prime(m_auc) if is_finite(m_auc) else None}
+    d_note = summary_notes(0.0, m_auc).get("d_prime_note")  # d-prime's note only: infinite, or mAUC undefined
+    for key, note in (("mAP", ap_note), ("mAUC", auc_note), ("d_prime", d_note)):
+        if note:
+            metrics[key] = None
+            metrics[f"{key}_note"] = note
+    epochs = [row.get("epoch") for row in rows]
+    detail = {"measured_on": measured_on, "mean_of_epochs": len(rows)}
+    if rows:
+        detail["epochs"] = f"{min(epochs)}-{max(epochs)}"
+    if rows and len(rows) < LAST_EPOCHS:
+        detail["note"] = f"the run has {len(rows)} epochs, fewer than {LAST_EPOCHS}: the mean of all {len(rows)}"
+    return Entry(f"{label}/{LAST5}", LAST5, 1, parameters, {}, detail, {first.name: metrics})
+
+
+def history_mean(rows: list[dict], key: str) -> tuple[float | None, str | None]:
+    """The mean of `key` over history rows, or None and why: no history, a missing or an undefined value."""
+    if not rows:
+        return None, "missing (last.pt holds no training history)"
+    values = []
+    for row in rows:
+        value = row.get(key)
+        try:
+            values.append(float(value))
+        except (TypeError, ValueError):
+            return None, f"missing (epoch {row.get('epoch')} has no {key} in the history)"
+    for row, value in zip(rows, values):
+        if not np.isfinite(value):  # history.csv's nan: that epoch's validation had no positive clip
+            return None, f"undefined (the {key} of epoch {row.get('epoch')} is {non_finite_note(value)})"
+    return float(np.mean(values)), None
+
+
 # ----------------------------------------------------------------------------------------------
 # the ensembles over runs
 
@@ -459,34 +571,39 @@ class EnsembleSpec(NamedTuple):
 
 
 def ensembles_over_runs(runs: list[ScoredRun], extras: list[Path], predictor: Predictor) -> list[EnsembleSpec]:
-    """The seed ensemble (the runs' weight-averaged models) and, with evaluate.extra_members, the extra
-    ensemble (those models and the extra checkpoints, each run here)."""
+    """The seed ensemble (the runs' weight-averaged models, our option), the last ensemble (the runs' last
+    models: the official multi-run ensemble) and, with evaluate.extra_members, the extra ensemble (the WA
+    models and the extra checkpoints, each run here)."""
     wa = [run.models["wa"] for run in runs]
-    specs = [EnsembleSpec(SEED_ENSEMBLE, wa, {})]
+    specs = [
+        EnsembleSpec(SEED_ENSEMBLE, wa, {}),
+        EnsembleSpec(LAST_ENSEMBLE, [run.models["last"] for run in runs], {}),
+    ]
     if extras:
         members = [*wa, *extra_models(extras, wa, predictor)]
         specs.append(EnsembleSpec(EXTRA_ENSEMBLE, members, {"extra_members": [str(p) for p in extras]}))
     return specs
 
 
-def extra_models(paths: list[Path], taken: list[Member], predictor: Predictor) -> list[Member]:
-    """The checkpoints of evaluate.extra_members, predicted; each model counts once in an ensemble."""
+def extra_models(
+    paths: list[Path], taken: list[Member], predictor: Predictor, source: str = "evaluate.extra_members"
+) -> list[Member]:
+    """The checkpoints of `source` (evaluate.extra_members, --members), predicted; each model counts once
+    in an ensemble."""
     used = {m.path.resolve(): m.path for m in taken}
     models = []
     for path in paths:
         if path.is_dir():
-            raise PipelineError(
-                f"evaluate.extra_members: {path} is a folder; name a checkpoint file (e.g. {path / 'wa.pt'})"
-            )
+            raise PipelineError(f"{source}: {path} is a folder; name a checkpoint file (e.g. {path / 'wa.pt'})")
         if path.resolve() in used:
             raise PipelineError(
-                f"evaluate.extra_members: {path} is already a member ({used[path.resolve()]}); each model counts once"
+                f"{source}: {path} is already a member ({used[path.resolve()]}); each model counts once"
             )
         used[path.resolve()] = path
         try:
             scores, parameters = predictor(path)
         except PipelineError as err:
-            raise PipelineError(f"evaluate.extra_members: {err}") from None
+            raise PipelineError(f"{source}: {err}") from None
         models.append(Member(path, scores, parameters))
     return models
 
@@ -507,6 +624,10 @@ def ensemble_entry(spec: EnsembleSpec) -> Entry:
 # outputs
 
 
+# what an entry's detail adds to its eval.json record, when it has it
+REPORTED_DETAIL = ("epoch", "epochs", "averaged_epochs", "measured_on", "mean_of_epochs", "checkpoint", "note")
+
+
 def _entry_json(entry: Entry, split: str) -> dict:
     m = entry.metrics[split]
     out = {
@@ -516,12 +637,9 @@ def _entry_json(entry: Entry, split: str) -> dict:
         "parameters": entry.parameters,
         "members": entry.members,
     }
-    if "epoch" in entry.detail:
-        out["epoch"] = entry.detail["epoch"]
+    out.update({key: entry.detail[key] for key in REPORTED_DETAIL if key in entry.detail})
     if entry.detail.get("chosen_on_eval"):
         out["chosen_on_eval"] = True
-    if "averaged_epochs" in entry.detail:
-        out["averaged_epochs"] = entry.detail["averaged_epochs"]
     # why a value above is null (d-prime of a perfect ranking, no positives): only when one is
     out.update({k: v for k, v in m.items() if k.endswith("_note")})
     return out
@@ -529,18 +647,24 @@ def _entry_json(entry: Entry, split: str) -> dict:
 
 def metrics_document(result: Evaluation) -> dict:
     """eval.json: the first split of evaluate.splits (the eval split) at the top level, one entry per model
-    and ensemble; every further split (val) under its own name."""
+    and ensemble, and the history means (`<run>/last5-mean`, with the split they were measured on); every
+    further split (val) under its own name."""
     first, *others = result.splits
-    doc = {name: _entry_json(entry, first.name) for name, entry in result.entries.items()}
+    doc = section(result, first.name)
     for split in others:
-        doc[split.name] = {name: _entry_json(entry, split.name) for name, entry in result.entries.items()}
+        doc[split.name] = section(result, split.name)
     return json_ready(doc)  # valid JSON whatever a metric is: null, never a bare NaN or Infinity
+
+
+def section(result: Evaluation, split: str) -> dict:
+    """One split's part of eval.json: the record of every entry reported with it."""
+    return {name: _entry_json(entry, split) for name, entry in result.reported_on(split).items()}
 
 
 def per_class_csv(result: Evaluation, split: Split) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    names = list(result.entries)
+    names = list(result.scored_entries())
     writer.writerow(["index", "mid", "display_name", "positives", *names])
     positives = split.labels.sum(axis=0, dtype=np.int64)
     for i, (mid, display) in enumerate(zip(result.classes.mids, result.classes.names)):
@@ -565,13 +689,25 @@ def _shown_name(name: str, entry: Entry) -> str:
         return f"{name} (epoch {entry.detail['epoch']})"
     if entry.kind in ("wa", "checkpoint-ensemble"):
         return f"{name} (epochs {entry.detail['epochs']})"
+    if entry.kind == LAST5:
+        return f"{name} ({_history_span(entry.detail)}, on {entry.detail['measured_on']})"
+    if entry.kind == MEMBER:
+        return f"{name} ({Path(entry.detail['checkpoint']).name})"
     return name
+
+
+def _history_span(detail: dict) -> str:
+    count = detail["mean_of_epochs"]
+    if not count:
+        return "no history"
+    return f"epochs {detail['epochs']}" + (f": only {count}" if count < LAST_EPOCHS else "")
 
 
 def summary_table(result: Evaluation, split: Split) -> str:
     """The paper's table: model, members, parameters, mAP, AUC, d-prime."""
-    first = next(iter(result.entries.values())).metrics[split.name]
-    shown = {name: _shown_name(name, entry) for name, entry in result.entries.items()}
+    entries = result.reported_on(split.name)
+    first = next(iter(result.scored_entries().values())).metrics[split.name]
+    shown = {name: _shown_name(name, entry) for name, entry in entries.items()}
     width = max(len("model"), *map(len, shown.values()))
     lines = [
         f"split {split.name}: {first['n_clips']} clips, {first['n_scored_classes']} of {first['n_classes']} "
@@ -579,7 +715,7 @@ def summary_table(result: Evaluation, split: Split) -> str:
         f"{'model':<{width}} {'members':>7} {'params':>8} {'mAP':>7} {'AUC':>7} {'d-prime':>8}",
     ]
     notes: dict[str, str] = {}
-    for name, entry in result.entries.items():
+    for name, entry in entries.items():
         m = entry.metrics[split.name]
         d = "inf" if m["d_prime"] is None and m["mAUC"] == 1.0 else _fmt(m["d_prime"], ".3f")
         d = "-inf" if m["d_prime"] is None and m["mAUC"] == 0.0 else d
@@ -592,12 +728,35 @@ def summary_table(result: Evaluation, split: Split) -> str:
                 notes.setdefault(f"{label} {m[f'{key}_note']}", name)
     # a cell that is inf or n/a says why below the table, once per reason (with the first model it is for)
     lines += [f"  {text} (e.g. {name})" for text, name in notes.items()]
-    if any(e.detail.get("chosen_on_eval") for e in result.entries.values()):
+    if any(e.kind == LAST5 for e in entries.values()):
+        lines.append(
+            f"  last5-mean: the mean of a run's validation mAP over its last {LAST_EPOCHS} epochs (its training "
+            "history; the official AudioSet single-model figure), measured on val or eval as shown"
+        )
+    if any(e.detail.get("chosen_on_eval") for e in entries.values()):
         lines.append(
             "  * chosen on eval (data.audioset.val: eval): validation watched the eval split, so this "
             "is not a clean eval number; report last, wa or the ensembles"
         )
     return "\n".join(lines)
+
+
+def headline_lines(result: Evaluation) -> list[str]:
+    """The summary's first lines: the mAP of each headline entry (evaluate.headline)."""
+    names = headline_names(result)
+    shown = {name: _shown_name(name, result.entries[name]) for name in names}
+    width = max(map(len, shown.values()))
+    lines = [f"headline ({', '.join(result.headline_kinds)}):"]
+    for name in names:
+        measured, m = headline_values(result, name)
+        lines.append(f"  {shown[name]:<{width}}  {measured} mAP {value_text(m['mAP'], '.4f', m.get('mAP_note'))}")
+    return lines
+
+
+def summary_text(result: Evaluation) -> str:
+    """summary.txt, as the stage prints it: the headline, then one table per split."""
+    tables = [summary_table(result, split) for split in result.splits]
+    return "\n\n".join(["\n".join(headline_lines(result)), *tables])
 
 
 @dataclass
@@ -627,7 +786,7 @@ def write_outputs(
     for split in result.splits:
         atomic_write_text(per_class[split.name], per_class_csv(result, split))
     summary = out_dir / "summary.txt"
-    atomic_write_text(summary, "\n\n".join(summary_table(result, s) for s in result.splits) + "\n")
+    atomic_write_text(summary, summary_text(result) + "\n")
     written = [path for split in result.splits for path in split_plots(result, split, plots_dir / split.name)]
     return Outputs(metrics, per_class, summary, predictions, written)
 
@@ -637,35 +796,85 @@ def write_prediction_files(result: Evaluation, predictions_dir: Path) -> dict[st
     predictions: dict[str, dict[str, Path]] = {}
     for split in result.splits:
         predictions[split.name] = {}
-        for name, entry in result.entries.items():
+        for name, entry in result.scored_entries().items():
             path = predictions_dir / split.name / f"{name}.npz"
             write_predictions(path, entry.scores[split.name], split.clip_ids, result.classes.mids)
             predictions[split.name][name] = path
     return predictions
 
 
+# ----------------------------------------------------------------------------------------------
+# the headline
+
+
+def headline_names(result: Evaluation) -> list[str]:
+    """The entries of the headline kinds (evaluate.headline), kind by kind, each run's in run order; when
+    none of those kinds was evaluated, the largest ensemble."""
+    kinds = dict.fromkeys(result.headline_kinds)
+    names = [name for kind in kinds for name, entry in result.entries.items() if entry.kind == kind]
+    return names or [largest_scored(result)]
+
+
+def largest_scored(result: Evaluation) -> str:
+    """The entry with predictions and the most members (the last of those, so an ensemble over runs)."""
+    scored = list(result.scored_entries().items())
+    return max(reversed(scored), key=lambda item: item[1].members)[0]
+
+
+def headline_split(result: Evaluation) -> str:
+    """The split the headline reports: eval when evaluated, else the first."""
+    return next((s.name for s in result.splits if s.name == "eval"), result.splits[0].name)
+
+
+def headline_values(result: Evaluation, name: str) -> tuple[str, dict]:
+    """`(split, metrics)` of one headline entry: the headline split's, or a history mean's own split."""
+    entry = result.entries[name]
+    if entry.scored:
+        split = headline_split(result)
+        return split, entry.metrics[split]
+    return entry.detail["measured_on"], next(iter(entry.metrics.values()))
+
+
+def headline_metrics(result: Evaluation) -> tuple[dict[str, float | None], dict[str, str]]:
+    """The MLflow parent run's metrics: `<split>_mAP/<entry>` of each headline entry, and the note of each
+    null value."""
+    metrics, notes = {}, {}
+    for name in headline_names(result):
+        split, m = headline_values(result, name)
+        metrics[f"{split}_mAP/{name}"] = m["mAP"]
+        if m.get("mAP_note"):
+            notes[f"{split}_mAP/{name}"] = m["mAP_note"]
+    return metrics, notes
+
+
 def headline_model(result: Evaluation) -> str:
-    """The model the per-class plots show: the largest ensemble evaluated."""
-    return EXTRA_ENSEMBLE if EXTRA_ENSEMBLE in result.entries else SEED_ENSEMBLE
+    """The model the per-class plots show: the last headline kind with predictions (the first run's)."""
+    names = [name for name in headline_names(result) if result.entries[name].scored] or [largest_scored(result)]
+    kind = result.entries[names[-1]].kind
+    return next(name for name in names if result.entries[name].kind == kind)
 
 
 def split_plots(result: Evaluation, split: Split, folder: Path) -> list[Path]:
     """One split's plots: the headline model's per-class AP and precision-recall curves, and each run's mAP
-    per epoch beside the levels of the weight-averaged models and the ensembles."""
+    per epoch beside the levels of the weight-averaged models and the ensembles (with runs only)."""
     headline = headline_model(result)
     entry = result.entries[headline]
     metrics, title = entry.metrics[split.name], f"{headline}, {split.name}"
-    levels = {name: e.metrics[split.name]["mAP"] for name, e in result.entries.items() if e.kind in LEVEL_KINDS}
-    return [
+    written = [
         *plots.per_class_ap(folder / "per_class_ap", split.labels, metrics, result.classes, title),
         *plots.pr_curves(folder / "pr_curves", split.labels, entry.scores[split.name], metrics, result.classes, title),
-        *plots.map_per_epoch(
+    ]
+    if result.runs:
+        levels = {
+            name: e.metrics[split.name]["mAP"] for name, e in result.scored_entries().items() if e.kind in LEVEL_KINDS
+        }
+        written += plots.map_per_epoch(
             folder / "map_per_epoch",
             {r.label: r.epoch_mAP[split.name] for r in result.runs},
             levels,
             f"mAP per epoch, {split.name}",
-        ),
-    ]
+        )
+    return written
 
 
 # ----------------------------------------------------------------------------------------------
@@ -695,6 +904,8 @@ def log_evaluation(run, result: Evaluation, outputs: Outputs) -> dict[int, str]:
     metrics, notes = entry_metrics(result)
     run.log_metrics(metrics, notes=notes)
     run.log_params({"extra_members": ",".join(result.extra_members) or "none"})
+    if result.members:
+        run.log_params({"members": ",".join(result.members)})
     run.log_artifact(outputs.metrics)
     run.log_artifact(outputs.summary)
     for path in outputs.per_class.values():
@@ -705,7 +916,10 @@ def log_evaluation(run, result: Evaluation, outputs: Outputs) -> dict[int, str]:
 
 
 def run_tags(result: Evaluation, train_runs: dict[int, str]) -> dict[str, str]:
-    """The runs and seeds evaluated, and the train stage's run of each seed (what this evaluation summarises)."""
+    """The runs and seeds evaluated, and the train stage's run of each seed (what this evaluation summarises);
+    for checkpoints evaluated alone (evaluate_members), their number."""
+    if not result.runs:
+        return {"members": str(len(result.members))}
     tags = {"runs": ",".join(r.label for r in result.runs), "seeds": ",".join(str(r.seed) for r in result.runs)}
     for r in result.runs:
         if r.seed in train_runs:
@@ -731,14 +945,16 @@ def log_epoch_curves(run, result: Evaluation, split: Split) -> None:
 
 
 def entry_metrics(result: Evaluation) -> tuple[dict[str, float | None], dict[str, str]]:
-    """`<split>/<model>/<metric>` of every model and ensemble, and the note of each null value."""
+    """`<split>/<model>/<metric>` of every model and ensemble, and the note of each null value; a history
+    mean (`<run>/last5-mean`) under the split it was measured on."""
     metrics, notes = {}, {}
     for split in result.splits:
-        for name, entry in result.entries.items():
+        for name, entry in result.reported_on(split.name).items():
             m = entry.metrics[split.name]
+            measured = split.name if entry.scored else entry.detail["measured_on"]
             for key in ("mAP", "mAUC", "d_prime"):
                 # a null value is not logged; Run.log_metrics tags the run with its note instead
-                metrics[f"{split.name}/{name}/{key}"] = m[key]
+                metrics[f"{measured}/{name}/{key}"] = m[key]
                 if m.get(f"{key}_note"):
-                    notes[f"{split.name}/{name}/{key}"] = m[f"{key}_note"]
+                    notes[f"{measured}/{name}/{key}"] = m[f"{key}_note"]
     return metrics, notes

@@ -30,6 +30,7 @@ from pipeline.core.metric_values import is_finite, value_text
 RECALL_GRID = np.linspace(0.0, 1.0, 101)
 MAX_BARS = 60
 CURVES = 3
+ENSEMBLE_COLOURS = {"seed-ensemble": "black", "last-ensemble": "tab:green"}  # the others: red
 
 
 def _pyplot():
@@ -181,7 +182,7 @@ def map_per_epoch(
         else:
             ax.axhline(
                 value,
-                color="black" if name == "seed-ensemble" else "tab:red",
+                color=ENSEMBLE_COLOURS.get(name, "tab:red"),
                 linewidth=2,
                 label=f"{name} ({value:.4f})",
             )

@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.pipeline_run import headline_metrics
 from pipeline.core.tracking import stage_run
+from pipeline.evaluation.evaluate import headline_split
 from pipeline.tagging.tag import load_tagger, tag_file, tag_wave
 from pipeline.training.checkpoint import load_header
 
@@ -186,8 +186,7 @@ def log_evaluated_models(run, params, result, wa: list[str]) -> dict[str, str]:
     if run.run_id is None:
         return {}
 
-    scores, _ = headline_metrics(result)
-    split = next(iter(scores), "eval_mAP/").split("_mAP/")[0]
+    split = headline_split(result)  # each version's eval_mAP tag, which `best` follows
     registered = f"{REGISTERED_PREFIX}{params.data.dataset}"
     models = {f"{r.label}/wa": [path] for r, path in zip(result.runs, wa, strict=True)}
     if "seed-ensemble" in result.entries:
@@ -203,7 +202,7 @@ def log_evaluated_models(run, params, result, wa: list[str]) -> dict[str, str]:
                 checkpoints,
                 registered,
                 model=name,
-                eval_mAP=scores.get(f"{split}_mAP/{name}"),
+                eval_mAP=result.entries[name].metrics[split]["mAP"],
                 params_hash=params.digest(),
             )
             if version:

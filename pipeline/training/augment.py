@@ -23,10 +23,11 @@ The recipe (docs/recipe.md, "Augmentation order"):
   ``log(lam^2 exp(x_i) + (1 - lam)^2 exp(x_j))`` (exact up to the cross term
   ``2 lam (1 - lam) Re(A conj(B))``, which averages out for unrelated signals); ``logmel`` is
   plain ``lam x_i + (1 - lam) x_j``.
-* SpecAugment: one frequency mask of width uniform in ``[0, freqm)`` bins and one time mask of
-  width uniform in ``[0, timem)`` frames per sample, start uniform in ``[0, size - width)``
-  (torchaudio ``FrequencyMasking``/``TimeMasking`` on one sample), masked value 0 before
-  normalisation, as the paper.
+* SpecAugment: one frequency mask and one time mask per sample, drawn exactly as torchaudio's
+  ``FrequencyMasking(freqm)`` then ``TimeMasking(timem)`` on one clip (the official loader, per
+  item): a continuous width ``v = u1 * freqm``, a start ``v0 = u2 * (size - v)``, the band
+  ``[floor(v0), floor(v0) + floor(v))`` (so ``floor(v)`` is uniform in ``0 .. freqm - 1``); masked
+  value 0 before normalisation, as the paper.
 * normalisation ``(x - mean) / std``.
 """
 
@@ -258,23 +259,35 @@ def _mixup_with(fbank, labels, partner, alpha, domain, generator, n_frames, retu
 
 
 def _band(size: int, max_width: int, u_width: torch.Tensor, u_start: torch.Tensor) -> torch.Tensor:
-    """Per-sample ``[B, size]`` bool mask of one band: width in [0, max_width), start in [0, size - width)."""
-    width = (u_width * max_width).long().clamp(0, min(max_width - 1, size))
-    room = size - width
-    start = torch.minimum((u_start * room).long(), (room - 1).clamp_min(0))
+    """Per-sample ``[B, size]`` bool mask of one band, from two uniforms per sample, with torchaudio's
+    arithmetic (``torchaudio.functional.mask_along_axis``, float32): the width ``v = u_width * max_width``
+    stays continuous for the start ``v0 = u_start * (size - v)``; the band is ``[trunc(v0), trunc(v0) +
+    trunc(v))`` (``.long()``: a start below 0 when ``max_width > size`` truncates toward 0, as there)."""
+    value = u_width * max_width
+    min_value = u_start * (size - value)
+    start = min_value.long().reshape(-1, 1)
+    end = start + value.long().reshape(-1, 1)
     idx = torch.arange(size, device=u_width.device).reshape(1, -1)
-    return (idx >= start.reshape(-1, 1)) & (idx < (start + width).reshape(-1, 1))
+    return (idx >= start) & (idx < end)
 
 
 def _masks(fbank: torch.Tensor, freqm: int, timem: int, generator):
+    """The time ``[B, T]`` and frequency ``[B, F]`` masks. The uniforms are drawn as one ``[B, k]``
+    float32 tensor, per sample (row) in the official order: frequency width, frequency start, then time
+    width, time start, only for the masks that are on (``k`` = 0, 2 or 4), as torchaudio draws them
+    (``torch.rand(1)`` each) when the official loader masks one clip after another. On CPU a
+    generator seeded s thus gives the masks the official loader draws with ``torch.manual_seed(s)``."""
     if fbank.ndim != 3:
         raise PipelineError(f"spec_augment needs fbank [B, T, F], got {tuple(fbank.shape)}")
     if freqm < 0 or timem < 0:
         raise PipelineError(f"augment.freqm and augment.timem must be >= 0, got {freqm}, {timem}")
     b, t, f = fbank.shape
-    u = torch.rand((4, b), generator=generator, device=_draw_device(generator, fbank.device)).to(fbank.device)
-    time_mask = _band(t, timem, u[0], u[1]) if timem > 0 else torch.zeros(b, t, dtype=torch.bool, device=fbank.device)
-    freq_mask = _band(f, freqm, u[2], u[3]) if freqm > 0 else torch.zeros(b, f, dtype=torch.bool, device=fbank.device)
+    k = 2 * (freqm > 0) + 2 * (timem > 0)
+    u = torch.rand((b, k), generator=generator, device=_draw_device(generator, fbank.device)).to(fbank.device)
+    no_time = torch.zeros(b, t, dtype=torch.bool, device=fbank.device)
+    no_freq = torch.zeros(b, f, dtype=torch.bool, device=fbank.device)
+    freq_mask = _band(f, freqm, u[:, 0], u[:, 1]) if freqm > 0 else no_freq
+    time_mask = _band(t, timem, u[:, k - 2], u[:, k - 1]) if timem > 0 else no_time
     return time_mask, freq_mask
 
 
@@ -286,11 +299,12 @@ def spec_augment(
     return_masks: bool = False,
     inplace: bool = False,
 ):
-    """One frequency mask (< ``freqm`` bins) and one time mask (< ``timem`` frames) per sample, value 0.
+    """One frequency mask (< ``freqm`` bins) and one time mask (< ``timem`` frames) per sample, value 0,
+    drawn as torchaudio's ``FrequencyMasking``/``TimeMasking`` on each clip (see ``_band``, ``_masks``).
 
-    ``fbank [B, T, F]``. ``freqm`` / ``timem`` of 0 turn that mask off (4 uniforms are drawn per
-    sample regardless). Returns a new tensor unless ``inplace``; with ``return_masks`` also the
-    bool masks ``time [B, T]`` and ``freq [B, F]``.
+    ``fbank [B, T, F]``. ``freqm`` / ``timem`` of 0 turn that mask off (and draw nothing for it, as
+    the official loader skips it). Returns a new tensor unless ``inplace``; with ``return_masks`` also
+    the bool masks ``time [B, T]`` and ``freq [B, F]``.
     """
     time_mask, freq_mask = _masks(fbank, freqm, timem, generator)
     out = fbank if inplace else fbank.clone()

@@ -37,6 +37,7 @@ PAPER_MODEL = {
     "name": "tf_efficientnet_b2.aa_in1k",  # efficientnet_pytorch's B2 ImageNet weights (AutoAugment)
     "pretrained": "none",
     "stem": "random",
+    "stem_init": "official",  # no effect on an import (the released stem is loaded); the paper's setting
     "heads": 4,
     "drop_path": 0.2,
     "bn_momentum": 0.01,

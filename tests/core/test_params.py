@@ -131,6 +131,7 @@ OFFICIAL_EVERYWHERE = {
     "model.heads": 4,
     "model.pretrained": "imagenet",
     "model.stem": "random",  # from_pretrained(..., in_channels=1) makes a fresh one-channel stem
+    "model.stem_init": "official",  # ... under PyTorch's default conv init
     "model.drop_path": 0.2,  # drop_connect_rate 0.2, scaled by block index
     "model.bn_momentum": 0.01,  # batch_norm_momentum=0.99
     "model.padding": "static",  # Conv2dStaticSamePadding for the 260 x 260 native size

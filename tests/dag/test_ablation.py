@@ -135,8 +135,9 @@ def test_two_variants_one_epoch_as_dvc_experiments(tmp_path):
     for variant in ("full", "no_specaugment", "no_mixup"):
         per_seed = dict(item.split(":") for item in table[variant]["per_seed"].split())
         assert set(per_seed) == {"1", "2"} and all(0.0 <= float(v) <= 1.0 for v in per_seed.values())
+    # each of the three is rounded to 4 decimals on its own: up to 1.5e-4 apart
     assert float(table["no_mixup"]["delta"]) == pytest.approx(
-        float(table["no_mixup"]["mAP_mean"]) - float(table["full"]["mAP_mean"]), abs=1e-4
+        float(table["no_mixup"]["mAP_mean"]) - float(table["full"]["mAP_mean"]), abs=1.6e-4
     )
     assert (project / "reports/ablation.md").read_text().startswith("| technique |")
     assert (project / "reports/ablation.png").stat().st_size > 1000

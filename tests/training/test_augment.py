@@ -251,6 +251,91 @@ def test_masks_off_and_limits_larger_than_the_axis():
     assert out.shape == x.shape
 
 
+def official_masking(x: torch.Tensor, freqm: int, timem: int) -> torch.Tensor:
+    """The official loader's SpecAugment (audioset_dataset.py, `__getitem__`), clip after clip: the
+    [T, F] fbank transposed to [1, F, T], torchaudio's FrequencyMasking(freqm) then TimeMasking(timem)
+    (iid_masks False, each skipped when 0), transposed back."""
+    freq, time = torchaudio.transforms.FrequencyMasking(freqm), torchaudio.transforms.TimeMasking(timem)
+    out = []
+    for clip in x:
+        spec = clip.T.unsqueeze(0)
+        if freqm != 0:
+            spec = freq(spec)
+        if timem != 0:
+            spec = time(spec)
+        out.append(spec.squeeze(0).T)
+    return torch.stack(out)
+
+
+# (batch, frames, bins, freqm, timem): the paper's shape, the demo's, masks off, limits wider than the axis
+MASK_SHAPES = [
+    (6, 1056, 128, 48, 192),
+    (9, 150, 64, 12, 30),
+    (7, 40, 16, 0, 10),
+    (7, 40, 16, 5, 0),
+    (5, 20, 8, 30, 64),
+    (4, 33, 9, 1, 2),
+]
+
+
+@pytest.mark.parametrize("shape", MASK_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_masks_equal_torchaudios_for_the_same_seed(shape):
+    """A CPU generator seeded s gives, element for element, the masks of torchaudio's
+    FrequencyMasking/TimeMasking applied clip by clip (as the official loader) after torch.manual_seed(s):
+    the same uniform draws, in the same order, through the same float32 arithmetic."""
+    b, t, f, freqm, timem = shape
+    x = torch.rand(b, t, f, generator=torch.Generator().manual_seed(1)) + 0.5  # no zeros before masking
+    for seed in range(5):
+        ours, tmask, fmask = spec_augment(x, freqm, timem, make_generator(seed), return_masks=True)
+        torch.manual_seed(seed)
+        official = official_masking(x, freqm, timem)
+        assert torch.equal(ours, official), f"seed {seed}"
+        assert torch.equal(official == 0, tmask[:, :, None] | fmask[:, None, :])
+
+
+def test_masks_equal_torchaudios_for_the_same_draws_at_the_edges(monkeypatch):
+    """The same uniforms fed to both (torch.rand replaced by a queue), chosen at the edges: width 0
+    (u = 0), the widest (u just below 1: freqm - 1), starts at 0 and at the last possible bin, and
+    draws just either side of an integer width, where a width kept continuous (torchaudio's
+    `size - v`) and a floored one (`size - floor(v)`) give different starts."""
+    below_one = float(torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)))
+    t, f, freqm, timem = 300, 128, 48, 192
+    edges = [0.0, below_one, 0.5, 1 / 48, 1 / 192, 0.999, 0.25]
+    rows = [[fw, fs, tw, ts] for fw in edges for fs in edges[:3] for tw in edges[:3] for ts in edges[:3]]
+    rows += [[10.9 / 48, below_one, 150.9 / 192, below_one], [10.9 / 48, 0.97, 150.9 / 192, 0.9]]
+    draws = torch.tensor(rows, dtype=torch.float32)
+    x = torch.rand(len(rows), t, f, generator=torch.Generator().manual_seed(2)) + 0.5
+    real_rand = torch.rand
+
+    def feed(queue):
+        def rand(*size, generator=None, device=None, **kw):
+            shape = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else size
+            n = math.prod(shape)
+            out, queue[:] = torch.tensor(queue[:n], dtype=torch.float32).reshape(shape), queue[n:]
+            return out.to(device) if device is not None else out
+
+        return rand
+
+    queue = draws.flatten().tolist()
+    monkeypatch.setattr(torch, "rand", feed(queue))
+    ours, tmask, fmask = spec_augment(x, freqm, timem, make_generator(0), return_masks=True)
+    assert not queue
+    queue = draws.flatten().tolist()
+    monkeypatch.setattr(torch, "rand", feed(queue))
+    official = official_masking(x, freqm, timem)
+    assert not queue
+    monkeypatch.setattr(torch, "rand", real_rand)
+    assert torch.equal(ours, official)
+    widths = fmask.sum(1)
+    assert widths.min() == 0 and widths.max() == freqm - 1 and tmask.sum(1).max() == timem - 1
+    starts = [band_of(m)[0] for m in fmask if m.any()]
+    assert min(starts) == 0 and max(starts) == f - 2  # width 1 from bin 126
+    # v = 10.9, u = 0.97: floor(0.97 * (128 - 10.9)) = 113, where a floored width gives floor(0.97 * 118) = 114
+    assert band_of(fmask[-1]) == (113, 10) and band_of(tmask[-1]) == (int(0.9 * (300 - 150.9)), 150)
+    # start < size - v, so (in torchaudio too) a band never covers the axis's last bin
+    assert not fmask[:, -1].any() and not tmask[:, -1].any()
+
+
 def test_masked_value_is_zero_before_normalisation():
     x, y = batch(b=16)
     out, _ = augment_batch(x, y, cfg(mixup=0.0), MEAN, STD, make_generator(13))

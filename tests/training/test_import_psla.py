@@ -13,21 +13,25 @@ import soundfile as sf
 import torch
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.metrics import evaluate
 from pipeline.core.params import Features, Model, Params, Train
 from pipeline.core.predictions import read_predictions
+from pipeline.core.tracking import stage_run
 from pipeline.data.classes import read_classes
 from pipeline.data.manifest import Entry
-from pipeline.data.params import PipelineParams
-from pipeline.evaluation.evaluate import EXTRA_ENSEMBLE, Predictor, evaluate_runs, load_split
+from pipeline.data.params import PipelineParams, load_params
+from pipeline.evaluation.evaluate import EXTRA_ENSEMBLE, MEMBERS_ENSEMBLE, Predictor, evaluate_runs, load_split
 from pipeline.features.features import extract_features
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.training.import_psla import PAPER_FEATURES, PAPER_MODEL, import_released
+from pipeline.training.import_psla import PAPER_FEATURES, PAPER_MODEL, import_released, paper_audioset_params
 from pipeline.training.model import create_model
 from tests.conftest import AUDIOSET_META, run_module, write_params
 from tests.psla_reference import OfficialEffNetAttention, official_fbank, official_model, released_state
 
 CLASSES = 3
 FRAMES = 1056
+ENSEMBLE_FRAMES = 128  # the ten-model ensemble's tiny inputs: the models pool over any number of frames
+RELEASED_ENSEMBLE = 10  # as_mdl_0..9, the official 10-model ensemble
 LABELS = [("/m/09x0r",), ("/m/05zppz",), ("/m/02zsn",), ("/m/09x0r", "/m/02zsn")]
 
 
@@ -162,6 +166,92 @@ def test_predict_stage_and_evaluate_extra_members(released, tmp_path):
     assert ensemble.members == 2
     wa_scores = result.entries["seed-1/wa"].scores["eval"]
     assert np.allclose(ensemble.scores["eval"], (wa_scores + scores) / 2, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def ten_released(released, tmp_path_factory):
+    """Ten released-format files (the reference model with ten seeds), imported, a features file of the
+    clips at ENSEMBLE_FRAMES frames, and the mean of the ten official models' scores on the official
+    loader's fbanks (float16-rounded, as our features store them)."""
+    root = tmp_path_factory.mktemp("ten-released")
+    params = paper_audioset_params([f"features.target_length={ENSEMBLE_FRAMES}"])
+    waves = [sf.read(str(released["root"] / f"clip{i}.flac"), dtype="float32")[0] for i in range(len(LABELS))]
+    fbanks = torch.stack([official_fbank(w, ENSEMBLE_FRAMES, float16=True) for w in waves])
+    official_scores, imported = [], []
+    for seed in range(RELEASED_ENSEMBLE):
+        official = official_model(CLASSES, seed=seed)
+        torch.save(released_state(official), root / f"as_mdl_{seed}.pth")
+        imported.append(root / "psla" / f"as_mdl_{seed}.pt")
+        save_checkpoint(imported[-1], import_released(root / f"as_mdl_{seed}.pth", released["classes"], params))
+        with torch.no_grad():
+            official_scores.append(official(fbanks).numpy())
+    entries = [Entry(f"clip{i}", f"clip{i}.flac", labels) for i, labels in enumerate(LABELS)]
+    extract_features(
+        entries,
+        split="eval",
+        data_root=released["root"],
+        out=root / "features" / "eval.h5",
+        cfg=params.features,
+        classes=released["classes"],
+        on_bad="fail",
+    )
+    return {"root": root, "imported": imported, "official": np.array(official_scores)}
+
+
+def test_ten_imported_models_alone_give_the_mean_of_their_scores(
+    released, ten_released, tmp_path, store_uri, monkeypatch
+):
+    """`evaluate --members` on ten imported released-format models, without training runs: each model's
+    scores are the official model's, and `members-ensemble` is the mean of the ten (psla
+    src/ensemble/ensemble.py, the 10-model 0.474). Standalone: the pipeline's parent run is left RUNNING,
+    without metrics, and no model is registered."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.stages.evaluate import main
+
+    monkeypatch.setenv("PSLA_PIPELINE_ID", "test:members")  # as if inside a pipeline execution
+    params = write_params(
+        tmp_path / "params.yaml",
+        {"tracking": {"uri": store_uri}, "train": {"num_workers": 0, "batch_size": 4, "device": "cpu"}},
+    )
+    with stage_run(load_params(params), "train", {"role": "seed", "seed": 1}):
+        pass  # an earlier stage of the execution: the parent run exists, RUNNING
+    out = tmp_path / "metrics" / "released"
+    main(
+        ["--params", str(params), "--set", "evaluate.splits=[eval]", "--no-progress"]
+        + ["--members", *map(str, ten_released["imported"])]
+        + ["--features-dir", str(ten_released["root"] / "features"), "--classes", str(released["classes_csv"])]
+        + ["--out-dir", str(out), "--plots-dir", str(tmp_path / "plots"), "--predictions-dir", str(tmp_path / "pred")]
+    )
+    doc = json.loads((out / "eval.json").read_text())
+    names = [f"member-{i}" for i in range(1, RELEASED_ENSEMBLE + 1)]
+    assert list(doc) == [*names, MEMBERS_ENSEMBLE]
+    assert [doc[n]["checkpoint"] for n in names] == list(map(str, ten_released["imported"]))
+    assert doc[MEMBERS_ENSEMBLE]["members"] == RELEASED_ENSEMBLE
+    assert doc[MEMBERS_ENSEMBLE]["parameters"] == RELEASED_ENSEMBLE * doc["member-1"]["parameters"]
+
+    members = np.array([read_predictions(tmp_path / "pred" / "eval" / f"{n}.npz")[0] for n in names])
+    # each is its official model (measured: 1.4e-5 at most over the ten seeds)
+    assert np.abs(members - ten_released["official"]).max() <= 1e-4
+    assert np.abs(members[0] - members[1]).max() > 1e-3  # ten different models
+    ensemble, _, _ = read_predictions(tmp_path / "pred" / "eval" / f"{MEMBERS_ENSEMBLE}.npz")
+    np.testing.assert_allclose(ensemble, members.astype(np.float64).mean(axis=0), rtol=0, atol=1e-7)
+    assert np.abs(ensemble - ten_released["official"].mean(axis=0)).max() <= 1e-4
+    labels = np.array([[mid in row for mid in released["classes"].mids] for row in LABELS], np.uint8)
+    assert doc[MEMBERS_ENSEMBLE]["mAP"] == pytest.approx(evaluate(labels, ensemble)["mAP"], abs=1e-12)
+    summary = (out / "summary.txt").read_text()
+    assert summary.startswith(f"headline ({MEMBERS_ENSEMBLE}):") and "member-1 (as_mdl_0.pt)" in summary
+    assert (tmp_path / "plots" / "eval" / "per_class_ap.png").is_file()
+    assert not (tmp_path / "plots" / "eval" / "map_per_epoch.png").exists()  # no runs, no epochs
+
+    client = MlflowClient(store_uri)
+    experiment = client.get_experiment_by_name("psla").experiment_id
+    [parent] = client.search_runs([experiment], filter_string="tags.stage = 'pipeline'")
+    assert parent.info.status == "RUNNING" and parent.data.metrics == {}
+    [run] = client.search_runs([experiment], filter_string="tags.stage = 'evaluate'")
+    assert run.info.status == "FINISHED" and run.data.tags["members"] == str(RELEASED_ENSEMBLE)
+    assert run.data.metrics[f"eval/{MEMBERS_ENSEMBLE}/mAP"] == pytest.approx(doc[MEMBERS_ENSEMBLE]["mAP"])
+    assert client.search_registered_models() == []
 
 
 def test_fine_tuning_starts_from_an_imported_model(released):

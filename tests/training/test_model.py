@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 
 import pytest
@@ -378,3 +379,136 @@ def test_fine_tuning_keeps_the_pooling_of_a_checkpoint_with_the_same_classes(tmp
     other = create_model(lite0(pretrained=str(tmp_path / "ckpt.pt")), 5)  # another class list: a fresh pooling
     assert_backbone_equals(other, trained.backbone.state_dict())
     assert torch.equal(other.attention.head_weight.detach(), torch.full((4,), 0.25))
+
+
+# ----------------------------------------------------------------------------------------------
+# the one-channel stem's initialisation (model.stem_init) and the pooling of heads 0 and 1
+
+STEM_BOUND = 1 / 3  # PyTorch's default conv init: uniform in +-1 / sqrt(fan_in), fan_in = 1 x 3 x 3
+
+
+def official_stems(seeds) -> torch.Tensor:
+    """The fresh one-channel stems of efficientnet_pytorch's B2 (`_change_in_channels(1)`), flattened."""
+    from efficientnet_pytorch import EfficientNet
+
+    stems = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        stems.append(EfficientNet.from_name("efficientnet-b2", in_channels=1)._conv_stem.weight.detach().flatten())
+    return torch.cat(stems).double()
+
+
+def our_stems(seeds, **kw) -> torch.Tensor:
+    stems = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        stems.append(paper_b2(**kw).backbone.conv_stem.weight.detach().flatten())
+    return torch.cat(stems).double()
+
+
+def test_official_stem_init_draws_efficientnet_pytorchs_distribution():
+    """`stem_init: official` draws the stem as efficientnet_pytorch does: uniform in +-1/3 (std 0.192), by a
+    two-sample Kolmogorov-Smirnov test against its own stems and the moments and bounds of both (fixed seeds,
+    1,152 and 2,304 weights). timm's init (the default, the demo's) is a normal of std sqrt(2 / 288) = 0.083,
+    which the same test tells apart."""
+    from scipy import stats
+
+    official = official_stems(range(100, 108))
+    ours = our_stems(range(4), stem_init="official")
+    for w in (official, ours):
+        assert STEM_BOUND * 0.99 < w.abs().max() <= STEM_BOUND
+        assert abs(w.std() - STEM_BOUND / math.sqrt(3)) < 0.05 * STEM_BOUND / math.sqrt(3)
+        assert abs(w.mean()) < 0.02
+    assert stats.ks_2samp(ours.numpy(), official.numpy()).pvalue > 0.01
+    assert stats.kstest(ours.numpy(), "uniform", args=(-STEM_BOUND, 2 * STEM_BOUND)).pvalue > 0.01
+    timm_init = our_stems(range(4))
+    assert abs(timm_init.std() - math.sqrt(2 / 288)) < 0.1 * math.sqrt(2 / 288)
+    assert stats.ks_2samp(timm_init.numpy(), official.numpy()).pvalue < 1e-6
+
+
+def test_official_stem_init_with_rgb_weights_is_efficientnet_pytorchs_from_pretrained(tmp_path):
+    """efficientnet_pytorch's `from_pretrained(..., in_channels=1)` (the official EffNetAttention's) loads every
+    pretrained tensor, then replaces the RGB stem by a fresh one-channel conv: neither summed nor averaged.
+    Ours with the same weights (`stem: random`, `stem_init: official`) keeps every other tensor as loaded and
+    re-initialises only the stem; `stem: adapt` still sums the RGB stem whatever `stem_init` says."""
+    from efficientnet_pytorch import EfficientNet
+
+    from pipeline.training.import_psla import map_effnet_state
+
+    torch.manual_seed(5)
+    rgb = EfficientNet.from_name("efficientnet-b2")  # three channels, the ImageNet classifier: a pretrained file
+    pretrained = {k: v.clone() for k, v in rgb.state_dict().items()}
+    torch.save(pretrained, tmp_path / "efficientnet-b2.pth")
+    official = EfficientNet.from_pretrained(
+        "efficientnet-b2", weights_path=str(tmp_path / "efficientnet-b2.pth"), in_channels=1
+    )
+    for key, value in official.state_dict().items():
+        if key != "_conv_stem.weight":
+            assert torch.equal(value, pretrained[key]), key
+    stem = official._conv_stem.weight.detach()
+    assert stem.shape == (32, 1, 3, 3) and stem.abs().max() <= STEM_BOUND
+    rgb_stem = pretrained["_conv_stem.weight"]
+    assert not torch.allclose(stem, rgb_stem.sum(1, keepdim=True)) and not torch.allclose(
+        stem, rgb_stem.mean(1, keepdim=True)
+    )
+
+    three = timm.create_model("tf_efficientnet_b2", pretrained=False, num_classes=0, global_pool="")
+    mapped = map_effnet_state(three, pretrained)
+    torch.save(mapped, tmp_path / "timm-b2.pth")
+    ours = paper_b2(pretrained=str(tmp_path / "timm-b2.pth"), stem_init="official")
+    assert_backbone_equals(ours, mapped, skip=("conv_stem.weight",))
+    fresh = ours.backbone.conv_stem.weight.detach()
+    assert fresh.abs().max() <= STEM_BOUND and fresh.std() > 0.15  # PyTorch's init, not timm's (std 0.083)
+    adapted = paper_b2(pretrained=str(tmp_path / "timm-b2.pth"), stem="adapt", stem_init="official")
+    assert torch.allclose(adapted.backbone.conv_stem.weight, mapped["conv_stem.weight"].sum(1, keepdim=True))
+
+
+def test_one_channel_stem_weights_load_as_they_are_under_stem_init_official(tmp_path):
+    """A released model imported with a paper preset (stem_init: official) keeps the file's stem, also when
+    it is rebuilt from its checkpoint record; so does a one-channel weights file given as model.pretrained."""
+    from pipeline.data.classes import read_classes
+    from pipeline.data.params import load_params
+    from pipeline.training.checkpoint import model_from_checkpoint
+    from pipeline.training.import_psla import import_released
+    from tests.conftest import AUDIOSET_META, REPO
+    from tests.psla_reference import official_model, released_state
+
+    official = official_model(3)
+    torch.save(released_state(official), tmp_path / "as_mdl_0.pth")
+    rows = (AUDIOSET_META / "class_labels_indices.csv").read_text().splitlines()[:4]
+    (tmp_path / "classes.csv").write_text("\n".join(rows) + "\n")
+    params = load_params(REPO / "presets" / "audioset_balanced.yaml")
+    assert params.model.stem_init == "official"
+    payload = import_released(tmp_path / "as_mdl_0.pth", read_classes(tmp_path / "classes.csv"), params)
+    released_stem = official.effnet._conv_stem.weight.detach()
+    assert payload["model_config"]["stem_init"] == "official"
+    assert torch.equal(payload["model"]["backbone.conv_stem.weight"], released_stem)
+    assert torch.equal(model_from_checkpoint(payload).backbone.conv_stem.weight.detach(), released_stem)
+    torch.save({"model": payload["model"]}, tmp_path / "imported.pt")
+    tuned = paper_b2(classes=3, pretrained=str(tmp_path / "imported.pt"), stem_init="official")
+    assert torch.equal(tuned.backbone.conv_stem.weight.detach(), released_stem)
+
+
+@pytest.mark.parametrize("preset", ["audioset_balanced", "audioset_full", "fsd50k"])
+def test_the_paper_presets_take_the_official_stem_init_and_the_demo_timms(preset):
+    from pipeline.data.params import load_params
+    from tests.conftest import REPO
+
+    assert load_params(REPO / "presets" / f"{preset}.yaml").model.stem_init == "official"
+    assert load_params(REPO / "params.yaml").model.stem_init == "timm"
+    assert Model().stem_init == "timm"
+
+
+def test_heads_0_and_1_are_the_official_mean_pooling_and_attention():
+    """`heads: 0` and `1` compute the official MeanPooling and Attention (HigherModels.py) written out:
+    mean over frames of sigmoid(cla(x)); sum over frames of clamp(sigmoid(att(x))) / its sum x sigmoid(cla(x))."""
+    torch.manual_seed(0)
+    mean_pool, attention = create_model(lite0(heads=0), 5).attention, create_model(lite0(heads=1), 5).attention
+    x = torch.randn(3, mean_pool.cla.in_channels, 7, 1, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = torch.sigmoid(mean_pool.cla(x))[:, :, :, 0].mean(dim=2)
+        assert torch.equal(mean_pool(x), want)
+        att = torch.clamp(torch.sigmoid(attention.att(x)), 1e-7, 1 - 1e-7)[:, :, :, 0]
+        cla = torch.sigmoid(attention.cla(x))[:, :, :, 0]
+        want = torch.sum(att / torch.sum(att, dim=2)[:, :, None] * cla, dim=2)
+        torch.testing.assert_close(attention(x), want, rtol=0, atol=1e-7)
