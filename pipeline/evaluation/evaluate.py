@@ -74,7 +74,6 @@ EXTRA_ENSEMBLE = "extra-ensemble"
 LAST5 = "last5-mean"
 MEMBER = "member"
 MEMBERS_ENSEMBLE = "members-ensemble"
-KINDS = ("best", "last", "wa", "checkpoint-ensemble")
 # the kinds drawn as levels beside the per-epoch curves
 LEVEL_KINDS = ("wa", "checkpoint-ensemble", SEED_ENSEMBLE, LAST_ENSEMBLE, EXTRA_ENSEMBLE)
 LAST_EPOCHS = 5  # the official single-model figure averages the last five epochs' mAP (psla src/run.py)

@@ -129,10 +129,7 @@ def evaluate_pipeline(args, params, splits, classes, predictor) -> None:
     with stage_run(params, "evaluate", {"runs": ",".join(Path(r).name for r in runs)}) as run_:
         with torch.no_grad():
             result = evaluate_runs(params, runs, wa, splits, classes, predictor, params.evaluate.extra_members)
-        outputs = write_outputs(result, args.out_dir, args.plots_dir, args.predictions_dir)
-        summarised = log_evaluation(run_, result, outputs)
-        for split in splits:
-            run_.log_dataset(split.features, split.name, clips=len(split.clip_ids))
+        outputs, summarised = write_and_log(run_, result, args, splits)
         versions = log_evaluated_models(run_, params, result, wa)
     finish_pipeline(run_, *headline_metrics(result))  # the last stage: the pipeline's parent run ends
     print(summary_text(result))
@@ -150,12 +147,19 @@ def evaluate_alone(args, params, splits, classes, predictor) -> None:
     with stage_run(params, "evaluate", {"role": "members"}) as run_:
         with torch.no_grad():
             result = evaluate_members(args.members, splits, classes, predictor)
-        outputs = write_outputs(result, args.out_dir, args.plots_dir, args.predictions_dir)
-        log_evaluation(run_, result, outputs)
-        for split in splits:
-            run_.log_dataset(split.features, split.name, clips=len(split.clip_ids))
+        outputs, _ = write_and_log(run_, result, args, splits)
     print(summary_text(result))
     print(f"{result.checkpoint_runs} checkpoint runs -> {outputs.metrics}")
+
+
+def write_and_log(run_, result, args, splits):
+    """Both modes' outputs and their MLflow record: the files, the metrics and plots, the features scored as
+    dataset inputs. Returns the outputs and the train runs the metrics were linked to."""
+    outputs = write_outputs(result, args.out_dir, args.plots_dir, args.predictions_dir)
+    summarised = log_evaluation(run_, result, outputs)
+    for split in splits:
+        run_.log_dataset(split.features, split.name, clips=len(split.clip_ids))
+    return outputs, summarised
 
 
 if __name__ == "__main__":
