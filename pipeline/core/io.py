@@ -7,6 +7,7 @@ which `remove_stale_temporaries` clears on the next run.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -63,3 +64,12 @@ def remove_stale_temporaries(folder: str | Path, targets: set[str]) -> int:
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, hex, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -30,7 +30,9 @@ float32). Labels come from the features files (the same file the scores come fro
 Metrics per model: macro mAP, mean AUC, d-prime (pipeline.core.metrics), the parameter count (for an
 ensemble, the sum over its members: what inference runs) and the number of members. The headline
 (`evaluate.headline`: the MLflow parent run's metrics, the first lines of the summary, the model of the
-per-class plots) names kinds of entry.
+per-class plots) names kinds of entry. Each entry records the checkpoint files it is made of
+(`Entry.checkpoints`), with which its per-class decision thresholds are written
+(pipeline/evaluation/thresholds.py).
 """
 
 from __future__ import annotations
@@ -237,6 +239,9 @@ class Entry:
     scores: dict[str, np.ndarray]
     detail: dict = field(default_factory=dict)
     metrics: dict[str, dict] = field(default_factory=dict)  # split -> metrics, for each split it is reported on
+    # the checkpoint files it is made of, as given (a member's, an ensemble's members' in order; none for a
+    # history mean): what its thresholds (pipeline/evaluation/thresholds.py) are recorded with
+    checkpoints: tuple[str, ...] = ()
 
     @property
     def scored(self) -> bool:
@@ -357,7 +362,9 @@ def evaluate_members(
             raise PipelineError(f"--members: {path}: checkpoint not found")
     models = extra_models(paths, [], predictor, "--members")
     entries = {
-        f"{MEMBER}-{i}": Entry(f"{MEMBER}-{i}", MEMBER, 1, m.parameters, m.scores, {"checkpoint": str(m.path)})
+        f"{MEMBER}-{i}": Entry(
+            f"{MEMBER}-{i}", MEMBER, 1, m.parameters, m.scores, {"checkpoint": str(m.path)}, checkpoints=(str(m.path),)
+        )
         for i, m in enumerate(models, 1)
     }
     entries[MEMBERS_ENSEMBLE] = ensemble_entry(EnsembleSpec(MEMBERS_ENSEMBLE, models, {}))
@@ -433,6 +440,7 @@ class EpochPass:
     kept: dict[int, dict[str, np.ndarray]]
     seed: int | None
     parameters: int
+    files: list[Path] = field(default_factory=list)  # the epoch checkpoints, in epoch order
 
 
 def score_run(
@@ -454,7 +462,10 @@ def score_run(
     if params.data.validates_on_eval:
         details["best"]["chosen_on_eval"] = True  # marked wherever it is reported: not a clean eval number
     models["wa"], details["wa"] = weight_averaged(run_dir, wa_path, predictor)
-    entries = [Entry(f"{label}/{kind}", kind, 1, m.parameters, m.scores, details[kind]) for kind, m in models.items()]
+    entries = [
+        Entry(f"{label}/{kind}", kind, 1, m.parameters, m.scores, details[kind], checkpoints=(str(m.path),))
+        for kind, m in models.items()
+    ]
     entries.append(checkpoint_ensemble(label, passed))
     measured_on = "eval" if params.data.validates_on_eval else "val"
     entries.append(last_five_mean(label, headers["last"].get("history"), passed.parameters, measured_on, splits[0]))
@@ -488,7 +499,7 @@ def predict_epochs(
             epoch_mAP[split.name][epoch] = _metrics(split, scores[split.name], classes)["mAP"]
         if epoch in keep:
             kept[epoch] = scores
-    return EpochPass(list(files), mean, epoch_mAP, kept, seed, parameters)
+    return EpochPass(list(files), mean, epoch_mAP, kept, seed, parameters, list(files.values()))
 
 
 def weight_averaged(run_dir: Path, wa_path: Path, predictor: Predictor) -> tuple[Member, dict]:
@@ -515,6 +526,7 @@ def checkpoint_ensemble(label: str, passed: EpochPass) -> Entry:
         passed.parameters * count,
         passed.mean.mean(),
         {"epochs": f"{min(passed.epochs)}-{max(passed.epochs)}"},
+        checkpoints=tuple(str(path) for path in passed.files),
     )
 
 
@@ -616,6 +628,7 @@ def ensemble_entry(spec: EnsembleSpec) -> Entry:
         sum(m.parameters for m in spec.members),
         ensemble([m.scores for m in spec.members]),
         spec.detail,
+        checkpoints=tuple(str(m.path) for m in spec.members),
     )
 
 

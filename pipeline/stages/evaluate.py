@@ -7,7 +7,8 @@
 On each split of evaluate.splits (`<features-dir>/<split>.h5`). Writes `<out-dir>/eval.json` (DVC
 metrics: one entry per model and ensemble with mAP, mAUC, d_prime, parameters, members; the first
 split at the top level, the others under their name), `<out-dir>/per_class_ap_<split>.csv`,
-`<out-dir>/summary.txt` (the headline, then the table, printed), predictions
+`<out-dir>/summary.txt` (the headline, then the table, printed), `<out-dir>/thresholds.json` (per-class
+decision thresholds of every model, chosen on val: pipeline/evaluation/thresholds.py), predictions
 `<predictions-dir>/<split>/<model>.npz`, and plots
 `<plots-dir>/<split>/{per_class_ap,pr_curves,map_per_epoch}.{csv,png}` (+ pr_curves_classes.csv).
 `--wa` defaults to `<run>/wa.pt` for each run. evaluate.extra_members adds an ensemble of those
@@ -47,6 +48,7 @@ from pipeline.evaluation.evaluate import (
     summary_text,
     write_outputs,
 )
+from pipeline.evaluation.thresholds import write_threshold_file
 from pipeline.tagging.mlflow_model import log_evaluated_models
 from pipeline.training.device import resolve_device
 
@@ -73,9 +75,16 @@ def parser_():
     parser.add_argument("--wa-pattern", metavar="PATTERN", help="with --runs-pattern: e.g. models/wa/seed-{seed}.pt")
     parser.add_argument("--features-dir", required=True, help="folder of <split>.h5 features files")
     parser.add_argument("--classes", required=True, help="class list (index,mid,display_name)")
-    parser.add_argument("--out-dir", required=True, help="eval.json, per_class_ap_<split>.csv, summary.txt")
+    parser.add_argument(
+        "--out-dir", required=True, help="eval.json, per_class_ap_<split>.csv, summary.txt, thresholds.json"
+    )
     parser.add_argument("--plots-dir", help="plots (PNG + CSV), per split (default: <out-dir>/plots)")
     parser.add_argument("--predictions-dir", help="predictions per split and model (default: <out-dir>/predictions)")
+    parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also log each registered model as ONNX (psla export --format onnx; 20-40 s per model on 2 cores)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -129,8 +138,10 @@ def evaluate_pipeline(args, params, splits, classes, predictor) -> None:
     with stage_run(params, "evaluate", {"runs": ",".join(Path(r).name for r in runs)}) as run_:
         with torch.no_grad():
             result = evaluate_runs(params, runs, wa, splits, classes, predictor, params.evaluate.extra_members)
-        outputs, summarised = write_and_log(run_, result, args, splits)
-        versions = log_evaluated_models(run_, params, result, wa)
+        outputs, summarised = write_and_log(run_, result, args, params)
+        thresholds = Path(args.out_dir) / "thresholds.json"
+        thresholds = thresholds if thresholds.is_file() else None
+        versions = log_evaluated_models(run_, params, result, wa, thresholds, args.onnx)
     finish_pipeline(run_, *headline_metrics(result))  # the last stage: the pipeline's parent run ends
     print(summary_text(result))
     linked = f"; tagged with train runs {', '.join(summarised.values())}" if summarised else ""
@@ -147,17 +158,23 @@ def evaluate_alone(args, params, splits, classes, predictor) -> None:
     with stage_run(params, "evaluate", {"role": "members"}) as run_:
         with torch.no_grad():
             result = evaluate_members(args.members, splits, classes, predictor)
-        outputs, _ = write_and_log(run_, result, args, splits)
+        outputs, _ = write_and_log(run_, result, args, params)
     print(summary_text(result))
     print(f"{result.checkpoint_runs} checkpoint runs -> {outputs.metrics}")
 
 
-def write_and_log(run_, result, args, splits):
-    """Both modes' outputs and their MLflow record: the files, the metrics and plots, the features scored as
-    dataset inputs. Returns the outputs and the train runs the metrics were linked to."""
+def write_and_log(run_, result, args, params):
+    """Both modes' outputs and their MLflow record: the files, the metrics and plots, the thresholds (chosen on
+    val, marked when val lists the eval clips), the features scored as dataset inputs. Returns the outputs and
+    the train runs the metrics were linked to."""
     outputs = write_outputs(result, args.out_dir, args.plots_dir, args.predictions_dir)
+    thresholds = write_threshold_file(result, args.out_dir, params.data.validates_on_eval)
     summarised = log_evaluation(run_, result, outputs)
-    for split in splits:
+    if thresholds is not None:
+        run_.log_artifact(thresholds)
+    else:
+        print("no thresholds: neither val nor (with val on eval) eval was evaluated (evaluate.splits)")
+    for split in result.splits:
         run_.log_dataset(split.features, split.name, clips=len(split.clip_ids))
     return outputs, summarised
 

@@ -5,10 +5,15 @@ Input (a DataFrame, or the scoring server's JSON): one row per clip, either `pat
 model's process can read, any format `psla tag` reads) or `waveform` (samples, mono or interleaved
 mono) with its `sample_rate`. Output: one row per input, one column per class, named by the class
 display names: the clip's score, the maximum over its windows (`pipeline/tagging/tag.py`: windows of
-`window` s every `hop` s, each scored as a training clip is). An ensemble averages its members' scores.
+the model's training clip length every half of it unless `window`/`hop` are given, each scored as a
+training clip is, as `psla tag` does). An ensemble averages its members' scores.
 
 The checkpoints travel as artifacts of the model and are read with `torch.load(weights_only=True)`
-(`pipeline.training.checkpoint.load_checkpoint`); the `pipeline` package travels as its code. Serve one with
+(`pipeline.training.checkpoint.load_checkpoint`); the `pipeline` package travels as its code. Beside them,
+each member as `psla export` writes it (`folder_<i>`: model.safetensors, config.json with the thresholds
+and provenance, README.md; with `onnx=True`, as the evaluate stage's `--onnx` asks, also `onnx_<i>`: the
+ONNX file, 20-40 s of export per model on 2 cores), and the evaluate stage's thresholds file
+(`thresholds`), so a registered model can be used outside Python. Serve one with
 
     MLFLOW_TRACKING_URI=sqlite:///mlflow.db mlflow models serve -m models:/psla-demo@best \\
         --env-manager local --host 127.0.0.1 --port 5001
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -32,6 +38,7 @@ import pandas as pd
 from pipeline.core.errors import PipelineError
 from pipeline.core.tracking import stage_run
 from pipeline.evaluation.evaluate import headline_split
+from pipeline.tagging.export import export_folder, export_onnx, prepare
 from pipeline.tagging.tag import load_tagger, tag_file, tag_wave
 from pipeline.training.checkpoint import load_header
 
@@ -44,7 +51,7 @@ REQUIREMENTS = ("torch", "torchaudio", "numpy", "pandas", "soundfile", "av", "h5
 class AudioTagger(mlflow.pyfunc.PythonModel):
     """Tags audio with one checkpoint, or the mean of several (an ensemble)."""
 
-    def __init__(self, window: float = 10.0, hop: float = 5.0, batch_size: int = 16):
+    def __init__(self, window: float | None = None, hop: float | None = None, batch_size: int = 16):
         self.window, self.hop, self.batch_size = window, hop, batch_size
 
     def load_context(self, context):
@@ -131,18 +138,49 @@ def _pointed_at(uri: str):
                 os.environ[name] = value
 
 
-def log_model(run_id: str, uri: str, name: str, checkpoints: list[str | Path], registered: str | None, **tags):
-    """Log one model (the checkpoints: one, or an ensemble's members) on an existing run; register it as
-    a new version of `registered`, tagged with `tags` (e.g. eval_mAP). Returns the model version or None."""
+def model_artifacts(
+    checkpoints: list[str | Path], folder: Path, thresholds: str | Path | None = None, onnx: bool = False
+) -> dict[str, str]:
+    """The artifacts of one logged model: its checkpoints, each exported as a folder (and as ONNX with
+    `onnx`) into `folder`, with its thresholds from `thresholds` when that file has them, and the file."""
+    artifacts = {f"checkpoint_{i}": str(path) for i, path in enumerate(checkpoints)}
+    for i, path in enumerate(checkpoints):
+        payload, _ = prepare(path, str(thresholds) if thresholds else None)
+        artifacts[f"folder_{i}"] = str(export_folder(payload, folder / f"model-{i}"))
+        if onnx:
+            export_onnx(payload, folder / f"model-{i}.onnx")
+            artifacts[f"onnx_{i}"] = str(folder / f"model-{i}.onnx")
+    if thresholds:
+        artifacts["thresholds"] = str(thresholds)
+    return artifacts
+
+
+def log_model(
+    run_id: str,
+    uri: str,
+    name: str,
+    checkpoints: list[str | Path],
+    registered: str | None,
+    thresholds: str | Path | None = None,
+    onnx: bool = False,
+    **tags,
+):
+    """Log one model (the checkpoints: one, or an ensemble's members) on an existing run, with its exports
+    (`model_artifacts`); register it as a new version of `registered`, tagged with `tags` (e.g. eval_mAP).
+    Returns the model version or None."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     names = list(load_header(checkpoints[0])["class_names"])
-    with _pointed_at(uri), mlflow.start_run(run_id=run_id, log_system_metrics=False):
+    with (
+        tempfile.TemporaryDirectory(prefix="psla-export-") as folder,
+        _pointed_at(uri),
+        mlflow.start_run(run_id=run_id, log_system_metrics=False),
+    ):
         info = mlflow.pyfunc.log_model(
             name=name,
             python_model=AudioTagger(),
-            artifacts={f"checkpoint_{i}": str(path) for i, path in enumerate(checkpoints)},
+            artifacts=model_artifacts(checkpoints, Path(folder), thresholds, onnx),
             code_paths=[str(Path(__file__).parents[1])],
             signature=signature(names),
             input_example=input_example(),
@@ -180,9 +218,12 @@ def mark_best(uri: str, registered: str) -> str | None:
     return best
 
 
-def log_evaluated_models(run, params, result, wa: list[str]) -> dict[str, str]:
+def log_evaluated_models(
+    run, params, result, wa: list[str], thresholds: str | Path | None = None, onnx: bool = False
+) -> dict[str, str]:
     """The evaluate stage's models: each weight-averaged model and the seed ensemble, logged on its run
-    and registered as `psla-<dataset>`; `best` moves to the best eval mAP. Model name -> version."""
+    with their exports and `thresholds` (`log_model`) and registered as `psla-<dataset>`; `best` moves to
+    the best eval mAP. Model name -> version."""
     if run.run_id is None:
         return {}
 
@@ -201,6 +242,8 @@ def log_evaluated_models(run, params, result, wa: list[str]) -> dict[str, str]:
                 name.replace("/", "-"),
                 checkpoints,
                 registered,
+                thresholds,
+                onnx,
                 model=name,
                 eval_mAP=result.entries[name].metrics[split]["mAP"],
                 params_hash=params.digest(),

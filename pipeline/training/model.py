@@ -22,7 +22,8 @@ leave (0, 1) slightly, as in the paper's model; the loss's clamp handles it.
 Weights (`model.pretrained`): `none` (random), `imagenet`, or a path to a local file: a backbone state dict
 (timm key names; a classifier is ignored), or a checkpoint dict with a `model` or `state_dict` entry
 (one of our own checkpoints works, an imported PSLA model too: its `backbone.` part is used, and its
-attention pooling when it has the same heads and class count; otherwise the pooling starts fresh).
+attention pooling when it has the same heads and class count; otherwise the pooling starts fresh), or a model
+folder written by `psla export --format folder` (its weights are used as a checkpoint's).
 Three-channel (RGB) stem weights meet the one-channel input per `model.stem`: `adapt` sums them over
 RGB (timm's adapt_input_conv), `random` keeps the stem randomly initialised (the paper's choice).
 One-channel stem weights (from an audio model) are loaded as they are. A stem that is not loaded
@@ -66,6 +67,7 @@ from pipeline.core.cli import params_parser, run
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Model, ParamsError
 from pipeline.data.params import load_from_args
+from pipeline.training.model_folder import read_model_folder
 
 # The PSLA code's epsilon: attention weights here, and the loss's inputs (training), stay in [CLAMP, 1 - CLAMP].
 CLAMP = 1e-7
@@ -84,12 +86,13 @@ def _conv1x1(n_in: int, n_out: int) -> nn.Conv2d:
     return nn.Conv2d(n_in, n_out, kernel_size=1, bias=True)
 
 
-def _attend(att: torch.Tensor, cla: torch.Tensor) -> torch.Tensor:
-    """[B, C, T, 1] logits of attention and class scores -> [B, C] attention-weighted probabilities."""
+def _attend(att: torch.Tensor, cla: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, C, T, 1] logits of attention and class scores -> ([B, C] attention-weighted probabilities,
+    [B, C, T] per-frame class probabilities)."""
     att = torch.sigmoid(att[..., 0]).clamp(CLAMP, 1.0 - CLAMP)
     cla = torch.sigmoid(cla[..., 0])
     norm_att = att / att.sum(dim=2, keepdim=True)
-    return (norm_att * cla).sum(dim=2)
+    return (norm_att * cla).sum(dim=2), cla
 
 
 class MeanPooling(nn.Module):
@@ -101,7 +104,11 @@ class MeanPooling(nn.Module):
         _init_layer(self.cla)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, C_in, T, 1]
-        return torch.sigmoid(self.cla(x)[..., 0]).mean(dim=2)
+        return self.with_frames(x)[0]
+
+    def with_frames(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        frames = torch.sigmoid(self.cla(x)[..., 0])
+        return frames.mean(dim=2), frames
 
 
 class Attention(nn.Module):
@@ -115,6 +122,9 @@ class Attention(nn.Module):
         _init_layer(self.cla)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.with_frames(x)[0]
+
+    def with_frames(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return _attend(self.att(x), self.cla(x))
 
 
@@ -130,8 +140,18 @@ class MHeadAttention(nn.Module):
         self.head_weight = nn.Parameter(torch.full((heads,), 1.0 / heads))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = [_attend(att(x), cla(x)) * self.head_weight[i] for i, (att, cla) in enumerate(zip(self.att, self.cla))]
-        return torch.stack(out, dim=0).sum(dim=0)
+        return self.with_frames(x)[0]
+
+    def with_frames(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = [_attend(att(x), cla(x)) for att, cla in zip(self.att, self.cla)]
+        clip = torch.stack([p * self.head_weight[i] for i, (p, _) in enumerate(pooled)], dim=0).sum(dim=0)
+        # The head weights are unconstrained (one may go negative): frames mix the heads' probabilities
+        # with |w| / sum |w|, a convex combination, so they stay in [0, 1] (all-zero weights: all zero,
+        # as the clip score then is; no branch on the weights' values, so the ONNX graph has none).
+        mix = self.head_weight.abs()
+        mix = mix / mix.sum().clamp_min(1e-12)
+        frames = torch.stack([f * mix[i] for i, (_, f) in enumerate(pooled)], dim=0).sum(dim=0)
+        return clip, frames
 
 
 def make_pooling(n_in: int, n_out: int, heads: int) -> nn.Module:
@@ -161,6 +181,18 @@ class PSLAModel(nn.Module):
         return self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attention(self.embed(x))
+
+    def clip_and_frames(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`([B, classes] clip probabilities, [B, T', classes] frame probabilities)`: the clip output is
+        `forward`'s; frames are the pooling's per-frame class probabilities (the `cla` sigmoid, one per
+        backbone time step; with several heads mixed by |head_weight|), each in [0, 1]. With one head
+        the clip score is the attention-weighted mean of the frame scores, with mean pooling their mean."""
+        clip, frames = self.attention.with_frames(self.embed(x))
+        return clip, frames.transpose(1, 2)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, T, F]` fbanks -> `[B, C, T', 1]` backbone features averaged over frequency."""
         if x.ndim != 3:
             raise ValueError(f"expected fbanks [batch, frames, mel bins], got shape {list(x.shape)}")
         x = x.unsqueeze(1).transpose(2, 3)  # [B, 1, F, T]: frequency as height, time as width
@@ -169,8 +201,7 @@ class PSLAModel(nn.Module):
         x = self.backbone.forward_features(x)  # [B, C, F', T']
         if x.ndim != 4:
             raise ValueError(f"the backbone's forward_features gave shape {list(x.shape)}, not [B, C, H, W]")
-        x = x.mean(dim=2, keepdim=True).transpose(2, 3)  # [B, C, T', 1]
-        return self.attention(x)
+        return x.mean(dim=2, keepdim=True).transpose(2, 3)  # [B, C, T', 1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -359,8 +390,15 @@ def _imagenet_state(name: str) -> dict[str, torch.Tensor]:
 def _read_weights_file(text: str) -> dict[str, torch.Tensor]:
     path = Path(text).expanduser()
     where = f"model.pretrained: {text}"
+    if path.is_dir():  # a model folder of `psla export --format folder`: its weights, as a checkpoint's
+        try:
+            return dict(read_model_folder(path)["model"])
+        except PipelineError as err:
+            raise PipelineError(f"model.pretrained: {err}") from None
     if not path.is_file():
-        raise PipelineError(f"{where}: no such file (model.pretrained is 'imagenet', 'none' or a weights file)")
+        raise PipelineError(
+            f"{where}: no such file (model.pretrained is 'imagenet', 'none', a weights file or a model folder)"
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -11,17 +11,21 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.io import file_sha256
 from pipeline.core.metrics import d_prime, evaluate
 from pipeline.core.predictions import read_predictions
+from pipeline.core.thresholds import read_thresholds, select_thresholds
 from pipeline.data.classes import ClassList, read_classes
 from pipeline.data.params import load_params
 from pipeline.evaluation.evaluate import (
     EXTRA_ENSEMBLE,
     LAST5,
     LAST_ENSEMBLE,
+    MEMBERS_ENSEMBLE,
     SEED_ENSEMBLE,
     Predictor,
     check_scores,
+    evaluate_members,
     evaluate_runs,
     headline_lines,
     headline_metrics,
@@ -31,6 +35,7 @@ from pipeline.evaluation.evaluate import (
     summary_table,
     write_outputs,
 )
+from pipeline.evaluation.thresholds import thresholds_document
 from pipeline.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.training.loader import Normaliser
 from pipeline.training.predict import predict
@@ -113,6 +118,25 @@ def test_every_model_and_ensemble_with_its_members(evaluated, trained):
     history_means = [e for e in result.entries.values() if not e.scored]
     assert [e.name for e in history_means] == [f"seed-{s}/{LAST5}" for s in SEEDS]
     assert all(list(e.metrics) == ["eval"] for e in history_means)  # reported once, with the first split
+    assert all(e.checkpoints == () for e in history_means)
+
+
+def test_every_entry_records_the_checkpoints_it_is_made_of(evaluated, trained):
+    """What its thresholds are recorded with: the files as given, an ensemble's members in order."""
+    entries, models = evaluated["result"].entries, trained / "models"
+    wa = [str(models / "wa" / f"seed-{s}.pt") for s in SEEDS]
+    for seed in SEEDS:
+        run = models / f"seed-{seed}"
+        for kind in ("best", "last"):
+            assert entries[f"seed-{seed}/{kind}"].checkpoints == (str(run / f"{kind}.pt"),)
+        assert entries[f"seed-{seed}/wa"].checkpoints == (wa[seed - 1],)
+        epochs = tuple(str(run / f"epoch_00{e}.pt") for e in (1, 2))
+        assert entries[f"seed-{seed}/checkpoint-ensemble"].checkpoints == epochs
+    assert entries[SEED_ENSEMBLE].checkpoints == tuple(wa)
+    assert entries[LAST_ENSEMBLE].checkpoints == tuple(str(models / f"seed-{s}" / "last.pt") for s in SEEDS)
+    assert entries[EXTRA_ENSEMBLE].checkpoints == (*wa, str(evaluated["extra"]))
+    doc = json.loads(evaluated["outputs"].metrics.read_text())
+    assert "checkpoints" not in doc[SEED_ENSEMBLE]  # eval.json is as it was
 
 
 def test_ensembles_are_the_means_of_their_members(evaluated, trained):
@@ -206,6 +230,8 @@ def test_last5_mean_is_the_mean_of_the_last_five_epochs_on_the_split_validation_
     doc = json.loads(out.metrics.read_text())
     assert doc[f"seed-1/{LAST5}"]["measured_on"] == "eval" and doc[f"seed-1/{LAST5}"]["epochs"] == "3-7"
     assert "note" not in doc[f"seed-1/{LAST5}"] and doc["seed-1/best"]["chosen_on_eval"] is True
+    thresholds = thresholds_document(result, on_eval.data.validates_on_eval)  # chosen on val, which is eval
+    assert thresholds["split"] == "val" and thresholds["val_is_eval"] is True
     # no predictions of its own: no prediction file, no per-class column
     assert not (tmp_path / "predictions" / "eval" / "seed-1" / f"{LAST5}.npz").exists()
     assert LAST5 not in out.per_class["eval"].read_text().splitlines()[0]
@@ -317,6 +343,18 @@ def test_a_headline_kind_that_was_not_evaluated_falls_back_to_the_largest_ensemb
     assert list(metrics) == [f"eval_mAP/{LAST_ENSEMBLE}"] and model == LAST_ENSEMBLE
 
 
+def test_checkpoints_alone_record_their_files_and_get_thresholds(trained):
+    params, classes, splits = _setup(trained)
+    wa = [trained / "models" / "wa" / f"seed-{s}.pt" for s in SEEDS]
+    with torch.no_grad():
+        result = evaluate_members(wa, splits, classes, Predictor(params, splits, classes, "cpu"))
+    assert result.entries["member-2"].checkpoints == (str(wa[1]),)
+    assert result.entries[MEMBERS_ENSEMBLE].checkpoints == tuple(map(str, wa))
+    doc = thresholds_document(result, False)
+    assert sorted(doc["models"]) == ["member-1", "member-2", MEMBERS_ENSEMBLE]
+    assert doc["models"]["member-1"]["checkpoint_sha256"] == [file_sha256(wa[0])]
+
+
 def test_scores_that_disagree_with_the_split_are_one_line_errors(trained):
     _, classes, splits = _setup(trained)
     split = splits[0]
@@ -421,6 +459,13 @@ def test_evaluate_stage_end_to_end(trained, tmp_path, store_uri):
     assert doc[SEED_ENSEMBLE]["members"] == 2 and EXTRA_ENSEMBLE not in doc and "val" in doc
     assert (tmp_path / "plots" / "evaluate" / "val" / "pr_curves.png").is_file()
     assert (tmp_path / "metrics" / "predictions" / "eval" / "seed-2" / "wa.npz").is_file()
+    thresholds = read_thresholds(tmp_path / "metrics" / "thresholds.json")
+    assert thresholds["split"] == "val" and thresholds["val_is_eval"] is False
+    assert sorted(thresholds["models"]) == sorted(name for name in doc["val"])  # every scored model
+    wa = models / "wa" / "seed-1.pt"
+    assert thresholds["models"]["seed-1/wa"]["checkpoints"] == [str(wa)]
+    chosen = select_thresholds(thresholds, "thresholds.json", file_sha256(wa), read_classes(data / "classes.csv").mids)
+    np.testing.assert_array_equal(chosen, np.float32(thresholds["models"]["seed-1/wa"]["thresholds"]["f1"]))
 
     client = MlflowClient(store_uri)
     experiment = client.get_experiment_by_name("psla").experiment_id
@@ -431,7 +476,7 @@ def test_evaluate_stage_end_to_end(trained, tmp_path, store_uri):
     assert run.data.metrics["eval/seed-ensemble/mAP"] == pytest.approx(doc[SEED_ENSEMBLE]["mAP"])
     assert len(client.get_metric_history(run.info.run_id, "val/seed-1/epoch_mAP")) == 2
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"eval.json", "summary.txt", "per_class_ap_eval.csv", "plots"} <= artifacts
+    assert {"eval.json", "summary.txt", "per_class_ap_eval.csv", "thresholds.json", "plots"} <= artifacts
     assert "plots/eval/map_per_epoch.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots/eval")}
     # the registered models, each with its eval mAP (which the alias `best` follows), whatever the headline
     versions = client.search_model_versions("name = 'psla-demo'")

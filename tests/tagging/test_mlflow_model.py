@@ -40,3 +40,10 @@ def test_an_imported_psla_checkpoint_registers_and_tags_paths_and_waveforms(rele
     expected = tag_file(load_tagger(released["imported"], "cpu"), clip).max
     assert np.allclose(scores.iloc[0].to_numpy(), expected, atol=1e-5)
     assert np.allclose(scores.iloc[1].to_numpy(), expected, atol=1e-4)
+
+    # the same model as psla export writes it travels with it: a folder that tags as the checkpoint does
+    artifacts = model._model_impl.context.artifacts
+    assert {"checkpoint_0", "folder_0"} <= set(artifacts) and "onnx_0" not in artifacts  # ONNX: with --onnx
+    assert sorted(os.listdir(artifacts["folder_0"])) == ["README.md", "config.json", "model.safetensors"]
+    folder = tag_file(load_tagger(artifacts["folder_0"], "cpu"), clip).max
+    np.testing.assert_array_equal(folder, expected)

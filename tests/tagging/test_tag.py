@@ -17,6 +17,7 @@ from pipeline.data.audio import read_audio, to_mono
 from pipeline.data.manifest import read_manifest
 from pipeline.evaluation.average import average_checkpoints
 from pipeline.tagging.command import main
+from pipeline.tagging.frames import FrameChunk
 from pipeline.tagging.tag import (
     input_length,
     load_tagger,
@@ -32,6 +33,7 @@ from tests.conftest import REPO, run_module, tone, write_encoded
 from tests.training.test_train import _inputs, _params, tiny_data  # noqa: F401  (tiny_data: the module-scoped tiny data)
 
 WINDOW, HOP = 10.0, 5.0
+TEN_FIVE = ("--window", "10", "--hop", "5")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -176,6 +178,7 @@ def test_json_output_parses_with_top_k_and_the_timeline(tiny_run, audio, capsys)
         "--timeline",
         "--top-k",
         "3",
+        *TEN_FIVE,
     )
     assert code == 0 and err == ""
     document = json.loads(out)
@@ -203,7 +206,16 @@ def test_csv_and_table_outputs(tiny_run, audio, tagger, capsys):
     assert all(r["display_name"] == tagger.class_names[tagger.class_ids.index(r["mid"])] for r in rows)
 
     code, out, _ = _tag(
-        capsys, audio["long"][0], "--model", tiny_run / "best.pt", "--format", "csv", "--timeline", "--top-k", "2"
+        capsys,
+        audio["long"][0],
+        "--model",
+        tiny_run / "best.pt",
+        "--format",
+        "csv",
+        "--timeline",
+        "--top-k",
+        "2",
+        *TEN_FIVE,
     )
     rows = list(csv.DictReader(io.StringIO(out)))
     summary, windows = [r for r in rows if not r["start"]], [r for r in rows if r["start"]]
@@ -276,8 +288,9 @@ def test_console_script_with_only_the_checkpoint_and_a_bad_file_among_good_ones(
         cwd=alone,
         check=False,
     )
+    # the default window: the tiny model's 1 s training clips
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "error: hop 20.0 s: must be positive and at most the window (10.0 s), or the timeline would have gaps"
+        "error: hop 20.0 s: must be positive and at most the window (1.0 s), or the timeline would have gaps"
     ]
 
 
@@ -343,3 +356,160 @@ def test_unusable_audio_is_an_audio_problem_even_when_found_late_in_the_stream(t
     )
     assert reasons([tone(0.025, 44100)[:1102]], 44100)[0] == "too_short"  # 24.99 ms
     assert len(tag_blocks(tagger, [tone(0.03, 44100)[:1103]], 44100, window=WINDOW, hop=HOP).starts) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# default windows, frames, events, decisions
+
+
+def test_default_windows_are_the_training_clip_length_and_half_of_it(tagger, audio):
+    assert tagger.default_windows() == (tagger.clip_seconds, tagger.clip_seconds / 2)
+    result = tag_file(tagger, audio["ogg"][0])
+    assert (result.window, result.hop) == tagger.default_windows()
+    assert len(result.starts) == len(plan_windows(round(7.3 * 16000), 16000, 8000))
+    assert tag_file(tagger, audio["ogg"][0], window=2.0).hop == 1.0  # a window alone: hop half of it
+
+
+def _frames(tagger, path, **options):
+    chunks = []
+    result = tag_file(tagger, path, frame_sink=chunks.append, **options)
+    return result, FrameChunk.concatenate(chunks, len(tagger.class_ids))
+
+
+def test_frames_of_one_training_clip_are_the_networks_frames(tiny_data, tagger):  # noqa: F811
+    """A clip of the training length is one window: its frames are the model's own frames, one per
+    backbone step, and its clip score is evaluation's."""
+    [entry] = read_manifest(tiny_data / "val.csv")[:1]
+    with h5py.File(tiny_data / "val.h5", "r") as handle:
+        row = [c.decode() for c in handle["clip_id"][:]].index(entry.clip_id)
+        stored = handle["fbank"][row : row + 1]
+    result, frames = _frames(tagger, tiny_data / entry.audio)
+    with torch.no_grad():
+        clip, expected = tagger.model.clip_and_frames(
+            prepare_eval_batch(torch.from_numpy(stored), tagger.norm.mean, tagger.norm.std)
+        )
+    step = tagger.clip_seconds / expected.shape[1]
+    assert result.frame_step == pytest.approx(step) and len(frames) == expected.shape[1]
+    np.testing.assert_allclose(frames.times, np.arange(len(frames)) * step, atol=1e-9)
+    assert frames.ends[-1] == pytest.approx(result.duration)
+    np.testing.assert_allclose(frames.scores, expected[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(result.scores[0], clip[0].numpy(), atol=1e-5)
+
+
+def test_frames_cover_a_long_file_and_stay_in_0_1(tagger, audio):
+    result, frames = _frames(tagger, audio["long"][0])
+    assert frames.times[0] == 0 and frames.ends[-1] == pytest.approx(95.0)
+    np.testing.assert_allclose(frames.times[1:], frames.ends[:-1])
+    assert len(frames) == int(np.ceil(95.0 / result.frame_step - 1e-9))
+    assert np.all((frames.scores >= 0) & (frames.scores <= 1))
+
+
+def test_an_hour_with_frames_and_events_keeps_memory_flat(tagger, tmp_path):
+    """Frames streamed to an event detector: peak numpy memory (tracemalloc) for 4 and 60 minutes of
+    16 kHz audio is the same; frames held at once are a window's worth."""
+    import tracemalloc
+
+    from pipeline.tagging.events import EventDetector
+
+    rng = np.random.default_rng(0)
+    peaks = {}
+    for minutes in (4, 60):
+        path = tmp_path / f"{minutes}.wav"
+        with sf.SoundFile(str(path), "w", 16000, 1, subtype="PCM_16") as out:
+            for _ in range(minutes * 2):
+                out.write(rng.normal(0, 0.1, 480000).astype(np.float32))
+        detector = EventDetector(np.full(len(tagger.class_ids), 0.5))
+        counted = []
+        tracemalloc.start()
+        result = tag_file(
+            tagger, path, window=WINDOW, hop=WINDOW, frame_sink=lambda c, d=detector, n=counted: n.append(len(d.add(c)))
+        )
+        peaks[minutes] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        detector.finish()
+        path.unlink()
+        assert result.ends[-1] == pytest.approx(60.0 * minutes) and len(counted) >= minutes * 6 - 1
+    assert peaks[60] < 1.05 * peaks[4] and peaks[60] < 80e6, peaks
+
+
+def test_frames_events_and_decisions_from_the_command(tiny_run, audio, tmp_path, capsys):
+    model = tiny_run / "best.pt"
+    code, out, _ = _tag(capsys, audio["ten"][0], "--model", model, "--frames", "--top-k", "2")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and list(rows[0]) == ["file", "time", "mid", "display_name", "score"]
+    assert float(rows[0]["time"]) == 0 and len({r["time"] for r in rows}) * 2 == len(rows)
+
+    code, out, err = _tag(capsys, audio["ten"][0], "--model", model, "--frames", "--format", "npz")
+    assert code == 2 and "--out PATH.npz" in err
+    code, _, _ = _tag(
+        capsys,
+        audio["ten"][0],
+        audio["ogg"][0],
+        "--model",
+        model,
+        "--frames",
+        "--format",
+        "npz",
+        "--out",
+        tmp_path / "f.npz",
+    )
+    with np.load(tmp_path / "f.npz") as saved:
+        assert code == 0 and list(saved["files"]) == [str(audio["ten"][0]), str(audio["ogg"][0])]
+        assert saved["scores_1"].shape == (len(saved["times_1"]), len(tagger_classes(model)))
+
+    code, out, err = _tag(capsys, audio["ten"][0], "--model", model, "--events")
+    assert code == 2 and "no thresholds" in err and "--thresholds metrics/thresholds.json" in err
+
+    for fmt, first in (("csv", "file,onset,offset,mid,label,score"), ("dcase", "filename\tonset\toffset\tevent_label")):
+        code, out, err = _tag(
+            capsys, audio["long"][0], "--model", model, "--events", "--threshold", "0.2", "--format", fmt
+        )
+        assert code == 0 and out.splitlines()[0] == first and "thresholds: --threshold 0.2" in err
+    code, out, _ = _tag(
+        capsys, audio["long"][0], "--model", model, "--events", "--threshold", "0", "--format", "audacity"
+    )
+    onsets = [line.split("\t") for line in out.splitlines()]
+    assert code == 0 and onsets and all(float(a) < float(b) <= 95.0 for a, b, _ in onsets)  # threshold 0: every class
+    assert len(onsets) == len(tagger_classes(model))  # one event per class over the whole file
+    code, _, err = _tag(
+        capsys,
+        audio["ten"][0],
+        audio["ogg"][0],
+        "--model",
+        model,
+        "--events",
+        "--threshold",
+        "0.5",
+        "--format",
+        "audacity",
+    )
+    assert code == 2 and "--out DIR" in err
+    code, _, _ = _tag(
+        capsys,
+        audio["ten"][0],
+        audio["ogg"][0],
+        "--model",
+        model,
+        "--events",
+        "--threshold",
+        "0.5",
+        "--format",
+        "audacity",
+        "--out",
+        tmp_path / "tracks",
+    )
+    assert code == 0 and sorted(p.name for p in (tmp_path / "tracks").iterdir()) == ["seven.txt", "ten.txt"]
+
+    code, out, _ = _tag(
+        capsys, audio["ten"][0], "--model", model, "--decide", "--threshold", "0.0", "--format", "csv", "--top-k", "0"
+    )
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and {r["present"] for r in rows} == {"1"} and {r["threshold"] for r in rows} == {"0.0"}
+    code, out, _ = _tag(capsys, audio["ten"][0], "--model", model, "--decide", "--threshold", "1.0")
+    assert code == 0 and "present (0): none" in out
+    code, _, err = _tag(capsys, audio["ten"][0], "--model", model, "--threshold", "0.5")
+    assert code == 2 and "used with --decide or --events" in err
+
+
+def tagger_classes(model):
+    return load_checkpoint(model)["class_ids"]

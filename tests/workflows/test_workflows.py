@@ -10,11 +10,14 @@ import sys
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import yaml
 
+from pipeline.core.metrics import evaluate as map_of
 from pipeline.core.params import to_yaml
 from pipeline.dag import stage_deps
+from pipeline.data.classes import read_classes
 from pipeline.data.manifest import read_manifest
 from pipeline.data.params import load_params
 from tests.conftest import REPO
@@ -83,6 +86,24 @@ AFTER_TEACHER = {"teacher": 1, "enhance": 1, "relabel": 1, "weights": 1, "train"
 AFTER_FEATURES = {"features": 6, "features_merge": 3, "stats": 1, **AFTER_TEACHER}
 
 
+def _psla_tag_defaults_score_as_evaluate_does(project: Path, eval_entries, evaluated: float) -> None:
+    """`psla tag` with its default windows on the eval clips' audio gives the evaluate stage's mAP for the
+    same checkpoint (the windows are the training clip length, so each clip is one window scored as in
+    evaluation); its --decide reads the evaluate stage's thresholds for that checkpoint."""
+    files = [str(project / "data" / e.audio) for e in eval_entries]
+    model = str(project / "models/wa/seed-1.pt")
+    out = _run([str(BIN / "psla"), "tag", *files, "--model", model, "--format", "json", "--top-k", "0"], project)
+    document = json.loads(out[: out.rindex("}") + 1])
+    classes = list(read_classes(project / "data/classes.csv").mids)
+    scores = np.array([[{c["mid"]: c["max"] for c in f["classes"]}[mid] for mid in classes] for f in document["files"]])
+    labels = np.array([[mid in e.labels for mid in classes] for e in eval_entries], dtype=np.uint8)
+    assert abs(map_of(labels, scores)["mAP"] - evaluated) < 1e-3
+    thresholds = str(project / "metrics/thresholds.json")
+    decide = ["--decide", "--thresholds", thresholds]
+    decided = _run([str(BIN / "psla"), "tag", files[0], "--model", model, *decide], project)
+    assert "present (" in decided and "thresholds: " in decided
+
+
 @pytest.mark.slow
 def test_dvc_repro_then_nothing_to_do_and_snakemake_agrees(tmp_path):
     project = _project_copy(tmp_path)
@@ -129,6 +150,7 @@ def test_dvc_repro_then_nothing_to_do_and_snakemake_agrees(tmp_path):
     summary = json.loads((project / "metrics/eval.json").read_text())
     assert {"seed-1/best", "seed-1/last", "seed-1/wa", "seed-1/checkpoint-ensemble", "seed-ensemble"} <= set(summary)
     assert "seed-1/wa" in _run([str(BIN / "dvc"), "metrics", "show"], project)
+    _psla_tag_defaults_score_as_evaluate_does(project, manifests["eval"], summary["seed-1/wa"]["mAP"])
 
     # Snakemake runs the same commands into its own copy of the outputs; the manifests agree.
     shutil.move(project / "data", tmp_path / "dvc-data")

@@ -31,6 +31,7 @@ rule evaluate:
     output:
         metrics="metrics/eval.json",
         summary="metrics/summary.txt",
+        thresholds="metrics/thresholds.json",
     params:
         values=stage_params("evaluate"),
         resolved=PARAMS,
@@ -47,4 +48,4 @@ rule evaluate:
     shell:
         "python -m pipeline.stages.evaluate --params {params.resolved} --runs-pattern models/seed-{{seed}}"
         " --wa-pattern models/wa/seed-{{seed}}.pt --features-dir {params.features_dir} --classes {input.classes}"
-        " --out-dir metrics --plots-dir plots/evaluate --predictions-dir metrics/predictions --no-progress > {log} 2>&1"
+        " --out-dir metrics --plots-dir plots/evaluate --predictions-dir metrics/predictions --onnx --no-progress > {log} 2>&1"
