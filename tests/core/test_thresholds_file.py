@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.io import file_sha256
 from pipeline.core.thresholds import (
     FORMAT,
-    file_sha256,
     read_thresholds,
     select_thresholds,
     thresholds_text,
