@@ -45,47 +45,28 @@ onset/offset events from the frame scores and per-class thresholds. docs/tagging
 DEFAULT_FORMAT = {"clips": "table", "frames": "csv", "events": "csv"}
 
 
-def _positive(kind):
+def _checked(kind, expected: str, accept, rule: str):
+    """An argparse type: `kind(text)`, refused unless `accept(value)` ("must be <rule>")."""
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got '{text}'") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
         return value
 
     return parse
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+def _positive(kind):
+    return _checked(kind, "a number", lambda v: v > 0, "positive")
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got '{text}'") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got '{text}'") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
+_count = _checked(int, "a whole number", lambda v: v >= 0, "0 or more")
+_seconds = _checked(float, "seconds", lambda v: v >= 0, "0 or more")
+_probability = _checked(float, "a number in [0, 1]", lambda v: 0 <= v <= 1, "in [0, 1]")
 
 
 def add_tag(commands) -> None:
@@ -205,10 +186,7 @@ def tag(args: argparse.Namespace) -> None:
     fmt = args.format or DEFAULT_FORMAT[mode]
     outputs.check_format(mode, fmt, args.out, len(args.files))
     tagger = load_tagger(args.model, args.device)
-    window, hop = args.window, args.hop
-    default_window, default_hop = tagger.default_windows()
-    shown_window = window or default_window
-    shown_hop = hop or (default_hop if window is None else window / 2)
+    shown_window, shown_hop = tagger.windows(args.window, args.hop)
     check_windows(shown_window, shown_hop)
     thresholds = None
     if args.decide or args.events:

@@ -122,7 +122,13 @@ class Tagger:
 
     def default_windows(self) -> tuple[float, float]:
         """`(window, hop)` when none is given: the training clip length, and half of it."""
-        return self.clip_seconds, self.clip_seconds / 2
+        return self.windows()
+
+    def windows(self, window: float | None = None, hop: float | None = None) -> tuple[float, float]:
+        """`(window, hop)` as tagging uses them: the window by default the training clip length, the hop
+        by default half the window."""
+        window = window or self.clip_seconds
+        return window, hop or window / 2
 
 
 def load_tagger(model: str | Path, device: str | torch.device = "auto") -> Tagger:
@@ -375,8 +381,7 @@ def tag_blocks(
     known, only sizes the progress bar. `window`/`hop` default to `tagger.default_windows()` (a hop
     alone: with the default window). With `frame_sink`, the file's frame scores are passed to it in
     order, a `FrameChunk` at a time, each as soon as it is final (the last when the file ends)."""
-    default_window, default_hop = tagger.default_windows()
-    window, hop = window or default_window, hop or (default_hop if window is None else window / 2)
+    window, hop = tagger.windows(window, hop)
     check_windows(window, hop)
     sr = tagger.sample_rate
     window_samples, hop_samples = int(round(window * sr)), int(round(hop * sr))

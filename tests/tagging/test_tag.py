@@ -471,33 +471,10 @@ def test_frames_events_and_decisions_from_the_command(tiny_run, audio, tmp_path,
     onsets = [line.split("\t") for line in out.splitlines()]
     assert code == 0 and onsets and all(float(a) < float(b) <= 95.0 for a, b, _ in onsets)  # threshold 0: every class
     assert len(onsets) == len(tagger_classes(model))  # one event per class over the whole file
-    code, _, err = _tag(
-        capsys,
-        audio["ten"][0],
-        audio["ogg"][0],
-        "--model",
-        model,
-        "--events",
-        "--threshold",
-        "0.5",
-        "--format",
-        "audacity",
-    )
+    two_tracks = (audio["ten"][0], audio["ogg"][0], "--model", model, "--events", "--threshold", "0.5")
+    code, _, err = _tag(capsys, *two_tracks, "--format", "audacity")
     assert code == 2 and "--out DIR" in err
-    code, _, _ = _tag(
-        capsys,
-        audio["ten"][0],
-        audio["ogg"][0],
-        "--model",
-        model,
-        "--events",
-        "--threshold",
-        "0.5",
-        "--format",
-        "audacity",
-        "--out",
-        tmp_path / "tracks",
-    )
+    code, _, _ = _tag(capsys, *two_tracks, "--format", "audacity", "--out", tmp_path / "tracks")
     assert code == 0 and sorted(p.name for p in (tmp_path / "tracks").iterdir()) == ["seven.txt", "ten.txt"]
 
     code, out, _ = _tag(
