@@ -43,13 +43,16 @@ def thresholds_for(tagger, thresholds_file: str | None, threshold: float | None,
         return np.asarray(values, np.float32), f"{thresholds_file}, rule {rule}, chosen on {split}"
     if tagger.thresholds:
         own = tagger.thresholds
-        if own.get("rule", rule) != rule and rule in (own.get("rules") or {}):
-            values = own["rules"][rule]
-        else:
-            values = own["values"]
+        if own.get("rule") != rule:  # an export embeds the thresholds of one rule
+            raise PipelineError(
+                f"{tagger.checkpoint}: carries thresholds of rule {own.get('rule')} only, not {rule}; pass "
+                f"--thresholds metrics/thresholds.json, or re-export it with that rule's thresholds"
+            )
+        values = own["values"]
         if len(values) != classes:
             raise PipelineError(
                 f"{tagger.checkpoint}: its thresholds name {len(values)} classes, the model {classes}; re-export it"
             )
-        return np.asarray(values, np.float32), f"the model's own (rule {own.get('rule', rule)})"
+        split = f"{own.get('split')}{' (= eval)' if own.get('val_is_eval') else ''}"
+        return np.asarray(values, np.float32), f"the model's own (rule {rule}, chosen on {split})"
     raise PipelineError(NO_THRESHOLDS.format(model=tagger.checkpoint))
